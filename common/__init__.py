@@ -1,0 +1,1 @@
+"""Shared machinery of the deepfake-detection training suite (see README.md)."""

@@ -1,0 +1,127 @@
+"""Checkpoint files: names on disk, atomic writes, strict loading, RNG state.
+
+Every write goes to a temporary file in the same folder, is fsynced, then renamed over
+the target, so a crash or a full disk mid-save leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    best: Path      # <m>_stage<k>_<dataset>.pt      best validation video AUC
+    last: Path      # <m>_stage<k>_<dataset>_last.pt for --resume
+    metrics: Path   # <m>_stage<k>_<dataset>.metrics.jsonl
+    student: Path   # <m>_model_student.pt           written after the final stage
+
+
+def stage_paths(checkpoint_dir: str | os.PathLike, model: str, stage: str) -> StagePaths:
+    d = Path(checkpoint_dir)
+    base = f"{model}_{stage}"
+    return StagePaths(d / f"{base}.pt", d / f"{base}_last.pt", d / f"{base}.metrics.jsonl",
+                      d / f"{model}_model_student.pt")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Run `write(fileobj)` into a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e} (the previous file is untouched)") from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(p: str) -> None:
+    try:
+        os.remove(p)
+    except OSError:
+        pass
+
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
+    """Atomically save a checkpoint dict, stamped with the format version and library versions."""
+    obj = dict(obj, format=FORMAT_VERSION, versions=library_versions())
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) -> dict:
+    """Load a checkpoint of this suite; refuse other files, newer formats and other models."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and EOF errors all mean "not a usable checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:160]})") from e
+    if not isinstance(ckpt, dict) or "format" not in ckpt or "model_options" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint written by this training suite")
+    if ckpt["format"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer version of this suite "
+                              f"(format {ckpt['format']} > {FORMAT_VERSION}); update the code")
+    got = ckpt["model_options"].get("name")
+    if expected_model is not None and got != expected_model:
+        raise CheckpointError(f"{path} holds a {str(got).upper()} model, not {expected_model.upper()}")
+    return ckpt
+
+
+def library_versions() -> dict:
+    import torchvision
+
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def capture_rng() -> dict:
+    """Python, NumPy and torch RNG state, as tensors and plain values (loadable weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def weights_fingerprint(state_dict: dict) -> float:
+    """A cheap number that changes with the weights: lets a later stage prove what it loaded."""
+    return float(sum(v.double().sum() for v in state_dict.values() if v.is_floating_point()))

@@ -1,0 +1,151 @@
+"""The command line shared by all fifteen stage scripts: the same flags everywhere."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import UserError
+from common.recipes import RECIPES
+
+# Exit codes (README, "When things go wrong").
+EXIT_USER_ERROR = 2       # a bad path, flag or file: fix the command line
+EXIT_TRAINING_FAILED = 3  # non-finite loss, too many bad videos, a failed write
+EXIT_INTERRUPTED = 130    # SIGINT/SIGTERM: state was saved, rerun with --resume
+
+
+@dataclass
+class StageConfig:
+    model: str
+    stage: str
+    data: Path
+    checkpoint_dir: Path = Path("checkpoints")
+    cache_dir: Path = Path("cache")
+    init: Path | None = None
+    resume: bool = False
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int = 32
+    workers: int = 8
+    seed: int = 42
+    backbone: str = "efficientnet_b4"
+    pretrained: str = "imagenet"
+    image_size: int = 224
+    frames_per_video: int = 32
+    clip_len: int = 8
+    max_videos: int | None = None
+    device: str = "auto"
+    amp: bool = True
+    chunks: tuple[int, ...] | None = None
+    skip_missing_chunks: bool = False
+    compression: str = "c23"
+    splits: Path | None = None
+    face_detector: str = "haar"
+    face_model: Path | None = None
+    max_bad_fraction: float = 0.05
+    status_file: Path | None = Path("TRAINING_STATUS.md")
+    extra: dict = field(default_factory=dict)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def chunk_list(text: str) -> tuple[int, ...]:
+    try:
+        chunks = tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated part numbers like 9,8,3, got {text!r}")
+    if not chunks or any(c < 0 or c > 49 for c in chunks):
+        raise argparse.ArgumentTypeError(f"DFDC parts are numbered 0-49, got {text!r}")
+    return chunks
+
+
+def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
+    recipe = RECIPES[stage]
+    p = argparse.ArgumentParser(
+        description=f"Train the {model.upper()} student, {stage} ({recipe.title}): lr {recipe.lr}, "
+                    f"{recipe.epochs} epochs{' per chunk' if recipe.chunks else ''}, loss {recipe.loss}, "
+                    f"augmentation {recipe.augmentation}, preprocessing {recipe.preprocessing}.")
+    a = p.add_argument
+    a("--data", type=Path, required=True, help=f"root of the official {recipe.title} download")
+    a("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="where checkpoints and metrics go")
+    a("--cache-dir", type=Path, default=Path("cache"), help="face cache shared by all five models")
+    a("--init", type=Path, help="start from this checkpoint instead of the previous stage's")
+    a("--resume", action="store_true", help="continue from this stage's _last.pt where it stopped")
+    a("--epochs", type=positive_int, help=f"epochs{' per chunk' if recipe.chunks else ''} (default {recipe.epochs})")
+    a("--lr", type=positive_float, help=f"peak learning rate (default {recipe.lr})")
+    a("--batch-size", type=positive_int, default=32, help="samples per GPU per step")
+    a("--workers", type=int, default=8, help="DataLoader worker processes per GPU (0 = in-process)")
+    a("--seed", type=int, default=42, help="seed for splits, sampling, augmentation and init")
+    a("--backbone", default="efficientnet_b4", help="torchvision backbone (stage 1; later stages inherit)")
+    a("--pretrained", default="imagenet", help="backbone weights: imagenet, none, or a path to a state_dict")
+    a("--image-size", type=positive_int, default=224, help="face crop side in pixels")
+    a("--frames-per-video", type=positive_int, default=32, help="frames sampled evenly over each video")
+    a("--clip-len", type=positive_int, default=8, help="consecutive frames per TM/AV clip")
+    a("--max-videos", type=positive_int, help="cap videos per split (smoke runs)")
+    a("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto = CUDA when present")
+    a("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    a("--face-detector", choices=("haar", "yunet", "none"), default="haar",
+      help="haar (built in), yunet (needs --face-model) or none (videos are face crops already)")
+    a("--face-model", type=Path, help="YuNet .onnx model for --face-detector yunet")
+    a("--max-bad-fraction", type=float, default=0.05, help="stop if more than this share of a split is unreadable")
+    a("--status-file", type=Path, default=Path("TRAINING_STATUS.md"), help="progress table to refresh")
+    a("--no-status", action="store_true", help="do not touch the status file")
+    if recipe.dataset == "faceforensics":
+        a("--compression", choices=("raw", "c23", "c40"), default="c23", help="FF++ compression folder")
+        a("--splits", type=Path, help="folder with the official train/val/test.json (default <data>/splits)")
+    if recipe.chunks:
+        a("--chunks", type=chunk_list, default=recipe.chunks,
+          help="DFDC parts in training order (default %s)" % ",".join(map(str, recipe.chunks)))
+        a("--skip-missing-chunks", action="store_true", help="warn and skip absent parts instead of stopping")
+    return p
+
+
+def parse_config(model: str, stage: str, argv: list[str] | None = None) -> StageConfig:
+    args = build_parser(model, stage).parse_args(argv)
+    return StageConfig(
+        model=model, stage=stage, data=args.data, checkpoint_dir=args.checkpoint_dir,
+        cache_dir=args.cache_dir, init=args.init, resume=args.resume, epochs=args.epochs,
+        lr=args.lr, batch_size=args.batch_size, workers=max(0, args.workers), seed=args.seed,
+        backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,
+        frames_per_video=args.frames_per_video, clip_len=args.clip_len, max_videos=args.max_videos,
+        device=args.device, amp=not args.no_amp, chunks=getattr(args, "chunks", None),
+        skip_missing_chunks=getattr(args, "skip_missing_chunks", False),
+        compression=getattr(args, "compression", "c23"), splits=getattr(args, "splits", None),
+        face_detector=args.face_detector, face_model=args.face_model,
+        max_bad_fraction=args.max_bad_fraction,
+        status_file=None if args.no_status else args.status_file)
+
+
+def run_stage(model: str, stage: str, argv: list[str] | None = None) -> int:
+    """Entry point of every stage script: parse flags, train, map failures to exit codes."""
+    from common.stage import StageInterrupted, TrainingFailed, train_stage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    config = parse_config(model, stage, argv)
+    try:
+        train_stage(config)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingFailed as e:
+        print(f"training failed: {e}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except StageInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,161 @@
+"""The training loop: one epoch of optimisation, one validation pass, AMP and the schedule.
+
+Kept free of datasets and files: it sees a model, a loader, a loss and an optimiser.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common import distributed
+from common.metrics import evaluate
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf: training stops, the last good checkpoint is kept."""
+
+
+@dataclass
+class Precision:
+    """How the forward pass runs: AMP dtype (or none) and a grad scaler for fp16."""
+    device: torch.device
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def make_precision(device: torch.device, amp: bool) -> Precision:
+    """bf16 where the GPU supports it, else fp16 with a scaler; full precision on the CPU."""
+    dtype = None
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return Precision(device, dtype, scaler)
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float = 0.01):
+    """LR multiplier per optimiser step: linear warmup, then cosine down to `floor`."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total_steps: int,
+                   warmup_fraction: float):
+    """AdamW (no decay on biases and norms) and a per-iteration warmup + cosine schedule."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_fraction))
+    return opt, sched
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+        out[k] = v
+    return out
+
+
+def forward(model: nn.Module, batch: dict) -> torch.Tensor:
+    return model(batch["frames"], mel=batch.get("mel"), audio_missing=batch.get("audio_missing"))
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, scheduler,
+                    precision: Precision, *, grad_clip: float = 1.0, progress=None,
+                    on_step=None, stop_requested=lambda: False) -> dict:
+    """One pass over `loader`. Returns mean loss, samples seen, samples/s and whether it was stopped.
+
+    `on_step(batches_done)` runs after every optimiser step (used for mid-epoch saves);
+    `stop_requested()` ends the epoch early after the current step (SIGTERM/SIGINT).
+    """
+    model.train()
+    device = precision.device
+    total_loss, seen, steps = 0.0, 0, 0
+    start = time.perf_counter()
+    stopped = False
+    for batch in loader:
+        batch = to_device(batch, device)
+        labels = batch["label"]
+        with precision.autocast():
+            logits = forward(model, batch)
+        loss = loss_fn(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at step {steps} of this epoch; "
+                                     "lower --lr or check the data; the last good checkpoint is kept")
+        optimizer.zero_grad(set_to_none=True)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        scheduler.step()
+        steps += 1
+        n = labels.shape[0]
+        seen += n
+        total_loss += loss.item() * n
+        if progress is not None:
+            rate = seen / max(1e-9, time.perf_counter() - start)
+            progress.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                 samples_s=f"{rate:.1f}")
+            progress.update(1)
+        if on_step is not None:
+            on_step(steps)
+        if stop_requested():
+            stopped = True
+            break
+    elapsed = time.perf_counter() - start
+    return {"loss": total_loss / max(1, seen), "samples": seen, "steps": steps,
+            "samples_per_s": seen / max(1e-9, elapsed), "stopped": stopped}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, precision: Precision, dist_info=None):
+    """Logits, labels and video ids of every sample in `loader`, gathered from all ranks."""
+    model.eval()
+    ids: list[str] = []
+    labels: list[int] = []
+    logits: list[torch.Tensor] = []
+    for batch in loader:
+        batch = to_device(batch, precision.device)
+        with precision.autocast():
+            out = forward(model, batch)
+        logits.append(out.float().cpu())
+        labels.extend(batch["label"].cpu().tolist())
+        ids.extend(batch["video"])
+    local = (ids, labels, torch.cat(logits) if logits else torch.zeros(0, 2))
+    if dist_info is not None and dist_info.enabled:
+        parts = distributed.gather_objects(dist_info, local)
+        ids = [i for p in parts for i in p[0]]
+        labels = [y for p in parts for y in p[1]]
+        return ids, labels, torch.cat([p[2] for p in parts])
+    return local
+
+
+def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision, dist_info=None):
+    """Validation metrics (frame, video, collapse guard) plus the raw logits for calibration."""
+    ids, labels, logits = predict(model, loader, precision, dist_info)
+    y = torch.tensor(labels, dtype=torch.long)
+    metrics = evaluate(ids, labels, logits)
+    metrics["loss"] = float(loss_fn(logits, y)) if len(labels) else math.nan
+    return metrics, (ids, y, logits)

@@ -1,0 +1,57 @@
+"""The three stage recipes, as data: the table in TRAINING_STATUS.md lives here and only here.
+
+Class imbalance is corrected once per stage, never twice:
+  stage 1 (FF++, ~1 real : 4 fakes): plain cross-entropy + a class-balanced sampler.
+  stage 2 (Celeb-DF, ~1 : 6.5):      focal loss; its alpha (0.25 on the fake class) is the correction.
+  stage 4 (DFDC, ~1 : 5.2 per part): cross-entropy weighted by each chunk's label counts; no sampler.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+DFDC_CHUNK_ORDER = (9, 8, 3, 5, 7, 2, 6, 4, 1, 0)  # most to least balanced part
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    stage: str               # "stage1_faceforensics": file names derive from it
+    number: int              # 1, 2 or 4
+    dataset: str             # index name in common.datasets
+    title: str
+    lr: float
+    epochs: int              # per chunk on DFDC
+    loss: str                # "ce" | "focal" | "weighted_ce"
+    augmentation: str        # "minimal" | "moderate" | "maximum"
+    preprocessing: str       # "none" | "clahe" | "clahe_bilateral"
+    balanced_sampler: bool
+    previous: str | None     # stage whose best checkpoint this one starts from
+    chunks: tuple[int, ...] | None = None
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPES: dict[str, StageRecipe] = {
+    "stage1_faceforensics": StageRecipe(
+        stage="stage1_faceforensics", number=1, dataset="faceforensics", title="FaceForensics++",
+        lr=1e-4, epochs=6, loss="ce", augmentation="minimal", preprocessing="none",
+        balanced_sampler=True, previous=None),
+    "stage2_celebdf": StageRecipe(
+        stage="stage2_celebdf", number=2, dataset="celebdf", title="Celeb-DF v2",
+        lr=5e-5, epochs=5, loss="focal", augmentation="moderate", preprocessing="clahe",
+        balanced_sampler=False, previous="stage1_faceforensics"),
+    "stage4_dfdc": StageRecipe(
+        stage="stage4_dfdc", number=4, dataset="dfdc", title="DFDC",
+        lr=1e-5, epochs=2, loss="weighted_ce", augmentation="maximum",
+        preprocessing="clahe_bilateral", balanced_sampler=False, previous="stage2_celebdf",
+        chunks=DFDC_CHUNK_ORDER),
+}
+
+STAGES = tuple(RECIPES)
+FINAL_STAGE = "stage4_dfdc"
+
+
+def script_name(model: str, stage: str) -> str:
+    return f"train_{model}_{stage}.py"

@@ -1,0 +1,137 @@
+"""Training samples read from the face cache: one frame, a clip, or a clip with its audio.
+
+This is the single data contract every model uses (see README, "Data contract"). Reads
+come from the cache only; no video is decoded inside training.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from common.audio import MEL_WINDOW, N_MELS, mel_window
+
+log = logging.getLogger(__name__)
+
+
+class FaceSamples(Dataset):
+    """Items are (video, sample point) pairs of every video with a complete cache entry.
+
+    `clip_len` 1 gives the sample point's own frame (BG, CM, RR); more gives that many
+    consecutive frames centred on it (TM, AV). Indexing accepts `i` or `(i, seed)`: the seed
+    fixes the augmentation draw, so results do not depend on worker count or resume point.
+    """
+
+    def __init__(self, records: Sequence, cache, clip_len: int, transform, with_audio: bool = False):
+        self.cache = cache
+        self.clip_len = clip_len
+        self.transform = transform
+        self.with_audio = with_audio
+        self.videos: list = []      # (record, fps, centre frame index per point, audio present)
+        self.items: list[tuple[int, int]] = []
+        self.missing = 0
+        for rec in records:
+            entry = cache.entry(rec.rel)
+            if entry is None:
+                self.missing += 1
+                continue
+            crops, meta = entry
+            if crops.shape[1] < clip_len:
+                raise ValueError(f"cache holds runs of {crops.shape[1]} frames, model needs {clip_len}")
+            mid = crops.shape[1] // 2
+            centres = [int(run[mid]) for run in meta["frame_indices"]]
+            audio = bool(meta.get("audio", {}).get("present", False))
+            v = len(self.videos)
+            self.videos.append((rec, float(meta["fps"]), centres, audio))
+            self.items.extend((v, p) for p in range(crops.shape[0]))
+        self.labels = [self.videos[v][0].label for v, _ in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        v, point = self.items[index]
+        rec, fps, centres, audio_present = self.videos[v]
+        # Completeness was checked once at construction; here only the memmap is opened.
+        run = np.load(self.cache.paths(rec.rel)["crops"], mmap_mode="r")[point]
+        start = (run.shape[0] - self.clip_len + 1) // 2 if self.clip_len > 1 else run.shape[0] // 2
+        frames = np.ascontiguousarray(run[start:start + self.clip_len])
+        if seed is None:
+            tensor = self.transform(frames)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tensor = self.transform(frames)
+        sample = {"frames": tensor, "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
+        if self.with_audio:
+            sample.update(self._audio(rec.rel, centres[point] / max(fps, 1e-6), audio_present))
+        return sample
+
+    def _audio(self, rel: str, centre_s: float, present: bool) -> dict:
+        mel = np.load(self.cache.paths(rel)["mel"], mmap_mode="r") if present else None
+        if mel is None:
+            window = np.zeros((N_MELS, MEL_WINDOW), dtype=np.float32)
+        else:
+            window = mel_window(mel, centre_s, MEL_WINDOW)
+        missing = 1.0 if mel is None else 0.0
+        return {"mel": torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None],
+                "audio_missing": torch.tensor(missing, dtype=torch.float32)}
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, augmentation seed)`; one order per (seed, epoch), sliced per rank.
+
+    `balanced` draws classes equally often (with replacement); otherwise a permutation.
+    Every rank sees the same number of items (the order wraps round to pad), as DDP needs.
+    `skip` drops the first items of the epoch: a mid-epoch resume continues where it stopped.
+    """
+
+    def __init__(self, labels: Sequence[int], *, seed: int, shuffle: bool = True,
+                 balanced: bool = False, rank: int = 0, world: int = 1):
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.seed, self.shuffle, self.balanced = seed, shuffle, balanced
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.skip = 0
+        self.per_rank = math.ceil(len(self.labels) / world) if len(self.labels) else 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.skip)
+
+    def order(self) -> torch.Tensor:
+        n = len(self.labels)
+        total = self.per_rank * self.world
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.balanced and n:
+            counts = torch.bincount(self.labels, minlength=2).clamp(min=1).double()
+            weights = 1.0 / counts[self.labels]
+            return torch.multinomial(weights, total, replacement=True, generator=g)
+        idx = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        return idx.repeat(math.ceil(total / max(1, n)))[:total]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        mine = self.order()[self.rank::self.world]
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for pos in range(self.skip, len(mine)):
+            yield int(mine[pos]), (base + pos * self.world + self.rank) % (2**63)
+
+
+class ShardSampler(Sampler):
+    """Validation order: every item once, rank r takes items r, r+world, ... (no padding)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)

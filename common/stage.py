@@ -1,0 +1,345 @@
+"""One training stage end to end: resolve the start point, data, epochs, checkpoints, calibration.
+
+Read top to bottom, `train_stage` is the recipe's life: where it starts from (previous
+stage, --init, --resume), what it trains on (one dataset, or DFDC chunk by chunk), how the
+best checkpoint is chosen (validation video AUC) and what it leaves on disk.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from common import distributed, reports
+from common.checkpoints import (capture_rng, load_checkpoint, restore_rng, save_checkpoint,
+                                stage_paths, weights_fingerprint)
+from common.chunks import check_chunks, iter_chunks
+from common.datasets import part_dirs
+from common.engine import (NonFiniteLossError, make_optimizer, make_precision, predict,
+                           train_one_epoch, validate)
+from common.errors import CheckpointError, UserError
+from common.losses import build_loss
+from common.metrics import evaluate, fit_temperature
+from common.model import MODEL_NAMES, build_student, student_from_options
+from common.recipes import FINAL_STAGE, RECIPES, script_name
+from common import stage_data as sd
+
+log = logging.getLogger("train")
+SAVE_EVERY_S = 20 * 60  # mid-epoch _last.pt, so a killed session loses at most this much
+
+
+class TrainingFailed(RuntimeError):
+    """Training could not go on (non-finite loss, too many bad videos, a failed write)."""
+
+
+class StageInterrupted(RuntimeError):
+    """SIGINT/SIGTERM: state was saved to _last.pt; rerun with --resume."""
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA device is available")
+    if choice == "cpu" or not torch.cuda.is_available():
+        log.warning("training on the CPU%s", "" if choice == "cpu" else " (no CUDA device found)")
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def resolve_start(cfg, recipe, paths) -> tuple[str, dict | None, Path | None]:
+    """Where weights come from: ('resume'|'init'|'previous'|'scratch', checkpoint, its path)."""
+    if cfg.resume:
+        if not paths.last.exists():
+            raise CheckpointError(f"--resume: {paths.last} does not exist (nothing to resume)")
+        return "resume", load_checkpoint(paths.last, cfg.model), paths.last
+    if cfg.init is not None:
+        return "init", load_checkpoint(cfg.init, cfg.model), cfg.init
+    if recipe.previous is None:
+        return "scratch", None, None
+    prev = stage_paths(cfg.checkpoint_dir, cfg.model, recipe.previous).best
+    if not prev.exists():
+        raise CheckpointError(f"{prev} not found: run {script_name(cfg.model, recipe.previous)} first "
+                              "(or pass --init PATH)")
+    return "previous", load_checkpoint(prev, cfg.model), prev
+
+
+def build_model(cfg, start: str, ckpt: dict | None):
+    if ckpt is None:
+        return build_student(cfg.model, backbone=cfg.backbone, pretrained=cfg.pretrained,
+                             clip_len=cfg.clip_len)
+    model = student_from_options(ckpt["model_options"])
+    model.load_state_dict(ckpt["model"], strict=True)  # never a silent partial load
+    log.info("weights loaded (%s) from a %s checkpoint, backbone %s", start,
+             ckpt.get("stage", "?"), ckpt["model_options"].get("backbone"))
+    return model
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; checked after each optimiser step (agreed across ranks)."""
+
+    def __init__(self, dist_info):
+        self.dist_info, self.raised = dist_info, False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.raised:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.raised = True
+        log.warning("signal %d: saving state after this step, then stopping", signum)
+
+    def __call__(self) -> bool:
+        if not self.dist_info.enabled:
+            return self.raised
+        flag = torch.tensor([1.0 if self.raised else 0.0])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def plan_phases(cfg, recipe, records) -> list[dict]:
+    """(chunk, epoch) pairs in training order; one phase = one epoch over one chunk's videos."""
+    epochs = cfg.epochs or recipe.epochs
+    if not recipe.chunks:
+        return [{"chunk": None, "position": 0, "epoch": e} for e in range(epochs)]
+    order = cfg.chunks or recipe.chunks
+    return [{"chunk": ch.number, "position": ch.position, "epoch": e}
+            for ch in iter_chunks(records, order) for e in range(epochs)]
+
+
+def train_stage(cfg) -> dict:
+    """Train one stage of one model; returns the final metrics (rank 0's view)."""
+    recipe = RECIPES[cfg.stage]
+    if cfg.model not in MODEL_NAMES:
+        raise UserError(f"unknown model {cfg.model!r}; expected one of {', '.join(MODEL_NAMES)}")
+    device = pick_device(cfg.device)
+    dist_info = distributed.setup(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    paths = stage_paths(cfg.checkpoint_dir, cfg.model, cfg.stage)
+    try:
+        return _train(cfg, recipe, device, dist_info, paths)
+    except (NonFiniteLossError, sd.TooManyBadVideos) as e:
+        if dist_info.main:
+            append_jsonl(paths.metrics, {"failed": str(e), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            reports.progress(cfg, "failed", epoch=0, epochs=0, main=True)
+        raise TrainingFailed(str(e)) from e
+    finally:
+        distributed.cleanup(dist_info)
+
+
+def _train(cfg, recipe, device, dist_info, paths) -> dict:
+    torch.manual_seed(cfg.seed)
+    start, ckpt, ckpt_path = resolve_start(cfg, recipe, paths)  # fail fast, before any data work
+    if dist_info.main:
+        check_writable(cfg.checkpoint_dir)
+    if recipe.chunks:
+        cfg.chunks = tuple(check_chunks(cfg.chunks or recipe.chunks, part_dirs(cfg.data),
+                                        cfg.skip_missing_chunks))
+    records = sd.cap_per_split(sd.index_records(cfg, recipe), cfg.max_videos, cfg.seed,
+                               key=lambda r: (r.split, r.chunk if r.split == "train" else None))
+    log.info("%s: %s", recipe.title, sd.split_counts(records))
+    if start in ("resume", "previous", "init"):
+        cfg.clip_len = ckpt["model_options"].get("clip_len", cfg.clip_len)
+    model = build_model(cfg, start, ckpt).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    init_fingerprint = weights_fingerprint(model.state_dict())
+
+    cache = sd.make_cache(cfg, recipe)
+    val_records = [r for r in records if r.split == "val"]
+    sd.ensure_cached(val_records, cache, cfg, dist_info, "validation")
+    val_set = sd.samples_for(val_records, cache, cfg, recipe, train=False)
+    skipped_file = paths.metrics.with_suffix("").with_suffix(".skipped.txt")
+    sd.check_bad_fraction(val_set, len(val_records), cfg.max_bad_fraction, "val", skipped_file)
+    val_loader = sd.eval_loader(val_set, cfg, dist_info, device)
+
+    phases = plan_phases(cfg, recipe, records)
+    per_phase_steps = [max(1, math.ceil(len([r for r in records if r.split == "train" and
+                                             (p["chunk"] is None or r.chunk == p["chunk"])])
+                                        * cfg.frames_per_video / dist_info.world / cfg.batch_size))
+                       for p in phases]
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_info.enabled else model
+    opt, sched = make_optimizer(model, cfg.lr or recipe.lr, recipe.weight_decay, sum(per_phase_steps),
+                                recipe.warmup_fraction)
+    precision = make_precision(device, cfg.amp)
+    state = {"phase": 0, "batches_done": 0, "best_auc": -math.inf, "history": [], "skipped": []}
+    if start == "resume":
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:  # empty when the interrupted run had no fp16 scaler (CPU, bf16)
+            precision.scaler.load_state_dict(ckpt["scaler"])
+        state.update(ckpt["position"])
+        restore_rng(ckpt["rng"])
+        init_fingerprint = ckpt.get("init_fingerprint", init_fingerprint)
+        log.info("resuming at phase %d/%d (+%d batches)", state["phase"] + 1, len(phases), state["batches_done"])
+
+    def checkpoint(kind: str, metrics: dict | None = None) -> dict:
+        return {"model": model.state_dict(), "model_options": model.options, "stage": cfg.stage,
+                "recipe": recipe.as_dict(), "config": {k: str(v) for k, v in asdict(cfg).items()},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": precision.scaler.state_dict(), "rng": capture_rng(), "position": dict(state),
+                "metrics": metrics or {}, "start": {"kind": start, "path": str(ckpt_path or "")},
+                "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0}
+
+    stop = StopFlag(dist_info)
+    last_save = time.monotonic()
+    train_set = loader = sampler = loss_fn = None
+    current_chunk = object()
+    while state["phase"] < len(phases):
+        phase = phases[state["phase"]]
+        if phase["chunk"] != current_chunk or train_set is None:
+            current_chunk = phase["chunk"]
+            train_records = [r for r in records if r.split == "train" and
+                             (current_chunk is None or r.chunk == current_chunk)]
+            sd.ensure_cached(train_records, cache, cfg, dist_info,
+                             "training" + (f" chunk {current_chunk}" if current_chunk is not None else ""))
+            train_set = sd.samples_for(train_records, cache, cfg, recipe, train=True)
+            state["skipped"] = sorted(set(state["skipped"]) | missing_rels(train_records, cache))
+            write_skipped(skipped_file, state["skipped"], dist_info)
+            sd.check_bad_fraction(train_set, len(train_records), cfg.max_bad_fraction, "train", skipped_file)
+            counts = [train_set.labels.count(0), train_set.labels.count(1)]
+            loss_fn = build_loss(recipe.loss, class_counts=counts)
+            loader, sampler = sd.train_loader(train_set, cfg, recipe, dist_info, device)
+        epoch_index = state["phase"]
+        sampler.set_epoch(epoch_index, skip=state["batches_done"] * cfg.batch_size)
+        desc = f"{cfg.model} {cfg.stage} epoch {epoch_index + 1}/{len(phases)}" + \
+            (f" (chunk {phase['chunk']})" if phase["chunk"] is not None else "")
+        reports.progress(cfg, "running", epoch=epoch_index + 1, epochs=len(phases), main=dist_info.main)
+        bar = tqdm(total=len(loader), desc=desc, disable=not dist_info.main, leave=False)
+
+        base = state["batches_done"]
+
+        def on_step(batches: int) -> None:
+            nonlocal last_save
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                state["batches_done"] = base + batches
+                save(dist_info, checkpoint("last"), paths.last)
+                last_save = time.monotonic()
+
+        stats = train_one_epoch(net, loader, loss_fn, opt, sched, precision, progress=bar,
+                                on_step=on_step, stop_requested=stop)
+        bar.close()
+        state["batches_done"] = base + stats["steps"]
+        if stats["stopped"]:
+            save(dist_info, checkpoint("last"), paths.last)
+            raise StageInterrupted(f"state saved to {paths.last}; rerun the same command with --resume")
+        metrics, _ = validate(net, val_loader, loss_fn, precision, dist_info)
+        improved = better(metrics, state["best_auc"])
+        line = {"epoch": epoch_index + 1, "epochs": len(phases), "chunk": phase["chunk"], "chunk_epoch": phase["epoch"] + 1,
+                "lr": sched.get_last_lr()[0], "train": stats, "val": metrics, "best": improved,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        report_epoch(cfg, metrics, line)
+        state["history"].append({"epoch": epoch_index + 1, "loss": stats["loss"], "val_loss": metrics["loss"],
+                                 "val_video_auc": metrics["video"]["auc"],
+                                 "collapsed": metrics["collapse"]["collapsed"]})
+        state["phase"] += 1
+        state["batches_done"] = 0
+        if improved:
+            state["best_auc"] = auc_or_floor(metrics)
+            save(dist_info, checkpoint("best", metrics), paths.best)
+        save(dist_info, checkpoint("last", metrics), paths.last)
+        last_save = time.monotonic()
+        if dist_info.main:
+            append_jsonl(paths.metrics, line)
+            reports.progress(cfg, "running", epoch=epoch_index + 1, epochs=len(phases), main=True,
+                             best_auc=state["best_auc"], collapsed=metrics["collapse"]["collapsed"])
+    return finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths, dist_info, state)
+
+
+def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths, dist_info, state) -> dict:
+    """Best weights -> temperature on validation logits -> test report (Celeb-DF) -> student file."""
+    best = distributed.broadcast_object(dist_info, load_checkpoint(paths.best, cfg.model)
+                                        if dist_info.main else None)
+    model.load_state_dict(best["model"])
+    ids, labels, logits = predict(net, val_loader, precision, dist_info)
+    temperature = fit_temperature(logits, torch.tensor(labels))
+    calibrated = evaluate(ids, labels, logits, temperature)
+    best["temperature"] = temperature
+    best["metrics"] = dict(best["metrics"], calibrated=calibrated, temperature=temperature)
+    final = {"stage": cfg.stage, "temperature": temperature, "val": calibrated,
+             "best_val_video_auc": state["best_auc"], "collapsed": calibrated["collapse"]["collapsed"],
+             "init_fingerprint": best.get("init_fingerprint")}
+    test_records = [r for r in records if r.split == "test"]
+    if recipe.dataset == "celebdf" and test_records:
+        sd.ensure_cached(test_records, cache, cfg, dist_info, "test list (report only)")
+        test_set = sd.samples_for(test_records, cache, cfg, recipe, train=False)
+        t_ids, t_labels, t_logits = predict(net, sd.eval_loader(test_set, cfg, dist_info, precision.device),
+                                            precision, dist_info)
+        final["test"] = evaluate(t_ids, t_labels, t_logits, temperature)
+        log.info("Celeb-DF test list (report only, not used for selection): video AUC %.4f",
+                 final["test"]["video"]["auc"])
+    if dist_info.main:
+        save_checkpoint(best, paths.best)
+        append_jsonl(paths.metrics, {"final": final, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if cfg.stage == FINAL_STAGE:
+            save_checkpoint({"model": best["model"], "model_options": best["model_options"],
+                             "temperature": temperature, "metrics": final, "stage": cfg.stage,
+                             "kind": "student"}, paths.student)
+        reports.stage_plots(paths, state["history"], ids, labels, logits, temperature)
+        reports.progress(cfg, "collapsed" if final["collapsed"] else "done", epoch=len(state["history"]),
+                         epochs=len(state["history"]), main=True, best_auc=state["best_auc"],
+                         collapsed=final["collapsed"])
+    log.info("done: best validation video AUC %.4f, temperature %.3f, checkpoint %s",
+             state["best_auc"], temperature, paths.best)
+    return final
+
+
+def better(metrics: dict, best: float) -> bool:
+    return auc_or_floor(metrics) > best
+
+
+def auc_or_floor(metrics: dict) -> float:
+    """Validation video AUC, or a floor below any real AUC when it is undefined (one class)."""
+    auc = metrics["video"]["auc"]
+    return -1.0 if auc is None or math.isnan(auc) else float(auc)
+
+
+def report_epoch(cfg, metrics: dict, line: dict) -> None:
+    v, f, c = metrics["video"], metrics["frame"], metrics["collapse"]
+    log.info("epoch %d: train loss %.4f (%.1f samples/s) | val video AUC %.4f AP %.4f EER %.4f bal.acc %.4f"
+             " | frame AUC %.4f | val loss %.4f", line["epoch"], line["train"]["loss"],
+             line["train"]["samples_per_s"], v["auc"], v["ap"], v["eer"], v["balanced_acc"], f["auc"],
+             metrics["loss"])
+    if c["collapsed"]:
+        log.error("!!! COLLAPSE: the %s model's validation predictions are degenerate: %s. "
+                  "It is not learning the task; do not ship this checkpoint.", cfg.model.upper(), c["reason"])
+
+
+def missing_rels(records, cache) -> set[str]:
+    return {r.rel for r in records if not cache.is_complete(r.rel)}
+
+
+def write_skipped(path: Path, rels: list[str], dist_info) -> None:
+    if dist_info.main and rels:
+        from common.checkpoints import atomic_write
+        atomic_write(path, lambda f: f.write("\n".join(rels) + "\n"), mode="w")
+
+
+def append_jsonl(path: Path, line: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(line, default=float) + "\n")
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --checkpoint-dir {directory}: {e.strerror}") from e
+    if not os.access(directory, os.W_OK):
+        raise UserError(f"--checkpoint-dir {directory} is not writable")
+
+
+def save(dist_info, obj: dict, path: Path) -> None:
+    """Rank 0 writes; the others go on (they hold the same weights under DDP)."""
+    if dist_info.main:
+        save_checkpoint(obj, path)

@@ -1,0 +1,110 @@
+"""From a dataset root to DataLoaders: index, cap, face cache, samples, samplers.
+
+The engine never sees a dataset layout; this module is where layouts become samples.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from common import distributed
+from common.datasets import index_dataset
+from common.face_cache import FaceCache, build_face_cache
+from common.model import CLIP_MODELS
+from common.preprocess import ClipTransform
+from common.samples import EpochSampler, FaceSamples, ShardSampler
+
+log = logging.getLogger(__name__)
+
+
+class TooManyBadVideos(RuntimeError):
+    """More than --max-bad-fraction of a split could not be read: do not train on scraps."""
+
+
+def index_records(cfg, recipe) -> list:
+    """Index the official tree of this stage's dataset (raises DatasetLayoutError early)."""
+    kw: dict = {}
+    if recipe.dataset == "faceforensics":
+        kw = {"compression": cfg.compression, "splits_dir": cfg.splits}
+    elif recipe.dataset == "celebdf":
+        kw = {"seed": cfg.seed}
+    elif recipe.dataset == "dfdc":
+        kw = {"parts": list(cfg.chunks or recipe.chunks), "seed": cfg.seed}
+    return index_dataset(recipe.dataset, cfg.data, **kw)
+
+
+def cap_per_split(records: Sequence, max_videos: int | None, seed: int,
+                  key=lambda r: r.split) -> list:
+    """At most `max_videos` per split (per key), half real and half fake where possible."""
+    if not max_videos:
+        return list(records)
+    groups: dict = defaultdict(lambda: ([], []))
+    for r in sorted(records, key=lambda r: r.rel):
+        groups[key(r)][r.label].append(r)
+    rng = random.Random(seed)
+    kept = []
+    for real, fake in groups.values():
+        rng.shuffle(real)
+        rng.shuffle(fake)
+        n_real = min(len(real), max(max_videos // 2, max_videos - len(fake)))
+        kept += real[:n_real] + fake[:max_videos - n_real]
+    return kept
+
+
+def make_cache(cfg, recipe) -> FaceCache:
+    return FaceCache(cfg.cache_dir, recipe.dataset, crop_size=cfg.image_size,
+                     frames_per_video=cfg.frames_per_video, clip_len=cfg.clip_len,
+                     detector=cfg.face_detector)
+
+
+def ensure_cached(records: Sequence, cache: FaceCache, cfg, dist_info, what: str) -> dict:
+    """Extract faces for `records` (sharded over ranks), then wait for every rank."""
+    summary = build_face_cache(list(records), cache, workers=cfg.workers,
+                               shard=(dist_info.rank, dist_info.world),
+                               face_model=cfg.face_model, progress=dist_info.main)
+    distributed.barrier(dist_info)
+    log.info("face cache for %s: %s", what, {k: v for k, v in summary.items() if k != "failed"})
+    return summary
+
+
+def check_bad_fraction(dataset: FaceSamples, total: int, limit: float, split: str,
+                       skipped_file: Path) -> None:
+    """Stop when too much of a split is unreadable; name the file that lists the skipped videos."""
+    if total and dataset.missing / total > limit:
+        raise TooManyBadVideos(
+            f"{dataset.missing} of {total} {split} videos ({dataset.missing / total:.1%}) have no usable "
+            f"face crops (limit {limit:.0%}, --max-bad-fraction); see {skipped_file}")
+
+
+def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool) -> FaceSamples:
+    clip = cfg.clip_len if cfg.model in CLIP_MODELS else 1
+    transform = ClipTransform(recipe.augmentation if train else "none", cfg.image_size, train=train,
+                              preprocessing=recipe.preprocessing)
+    return FaceSamples(records, cache, clip_len=clip, transform=transform, with_audio=cfg.model == "av")
+
+
+def split_counts(records: Sequence) -> dict:
+    c = Counter((r.split, r.label) for r in records)
+    return {s: {"real": c[(s, 0)], "fake": c[(s, 1)]} for s in sorted({r.split for r in records})}
+
+
+def train_loader(dataset: FaceSamples, cfg, recipe, dist_info, device: torch.device):
+    sampler = EpochSampler(dataset.labels, seed=cfg.seed, shuffle=True,
+                           balanced=recipe.balanced_sampler, rank=dist_info.rank, world=dist_info.world)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.workers > 0,
+                        drop_last=len(sampler) >= cfg.batch_size)
+    return loader, sampler
+
+
+def eval_loader(dataset: FaceSamples, cfg, dist_info, device: torch.device) -> DataLoader:
+    sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      pin_memory=device.type == "cuda")

@@ -1,0 +1,24 @@
+"""Test-wide settings: no test may reach the network, and all of them run on the CPU."""
+import os
+
+import pytest
+
+# Point torch's weight cache at an empty place so a stray `pretrained="imagenet"` fails
+# loudly instead of quietly using (or downloading) weights.
+os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".no-torch-home"))
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def local_only(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") and "/" not in host:
+            raise RuntimeError(f"tests must not use the network (tried {address!r})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)

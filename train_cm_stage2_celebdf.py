@@ -1,0 +1,19 @@
+"""CM student (compression artifacts), stage 2: Celeb-DF v2.
+
+Specialist: DCT coefficients on 8x8 blocks, quantization artifacts 4x4/2, block boundaries 3x3, compression level 5x5 -> 40 x 7 x 7.
+Recipe (defined once in common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25, gamma 2.0), moderate augmentation
+(rotation 10, jitter 0.2), CLAHE. Starts from cm_stage1_faceforensics.pt.
+The official test list is evaluated once at the end, as a report only.
+
+    python train_cm_stage2_celebdf.py --data /data/celeb-df-v2
+    python train_cm_stage2_celebdf.py --data /data/celeb-df-v2 --resume     # after an interruption
+"""
+import sys
+
+from common.cli import run_stage
+
+MODEL = "cm"
+STAGE = "stage2_celebdf"
+
+if __name__ == "__main__":
+    sys.exit(run_stage(MODEL, STAGE))

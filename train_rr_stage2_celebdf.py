@@ -1,0 +1,19 @@
+"""RR student (resolution and upscaling), stage 2: Celeb-DF v2.
+
+Specialist: multi-scale pyramid, upscaling residual, edge sharpness (Sobel), pixel interpolation -> 36 x 7 x 7.
+Recipe (defined once in common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25, gamma 2.0), moderate augmentation
+(rotation 10, jitter 0.2), CLAHE. Starts from rr_stage1_faceforensics.pt.
+The official test list is evaluated once at the end, as a report only.
+
+    python train_rr_stage2_celebdf.py --data /data/celeb-df-v2
+    python train_rr_stage2_celebdf.py --data /data/celeb-df-v2 --resume     # after an interruption
+"""
+import sys
+
+from common.cli import run_stage
+
+MODEL = "rr"
+STAGE = "stage2_celebdf"
+
+if __name__ == "__main__":
+    sys.exit(run_stage(MODEL, STAGE))

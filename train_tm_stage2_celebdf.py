@@ -1,0 +1,19 @@
+"""TM student (temporal consistency), stage 2: Celeb-DF v2.
+
+Specialist: frame consistency, motion flow, temporal artifacts, flow validator -> 52 x 7 x 7; input: a clip of consecutive face crops.
+Recipe (defined once in common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25, gamma 2.0), moderate augmentation
+(rotation 10, jitter 0.2), CLAHE. Starts from tm_stage1_faceforensics.pt.
+The official test list is evaluated once at the end, as a report only.
+
+    python train_tm_stage2_celebdf.py --data /data/celeb-df-v2
+    python train_tm_stage2_celebdf.py --data /data/celeb-df-v2 --resume     # after an interruption
+"""
+import sys
+
+from common.cli import run_stage
+
+MODEL = "tm"
+STAGE = "stage2_celebdf"
+
+if __name__ == "__main__":
+    sys.exit(run_stage(MODEL, STAGE))
