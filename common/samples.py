@@ -60,7 +60,7 @@ class FaceSamples(Dataset):
         # Completeness was checked once at construction; here only the memmap is opened.
         run = np.load(self.cache.paths(rec.rel)["crops"], mmap_mode="r")[point]
         start = (run.shape[0] - self.clip_len + 1) // 2 if self.clip_len > 1 else run.shape[0] // 2
-        frames = np.ascontiguousarray(run[start:start + self.clip_len])
+        frames = np.array(run[start:start + self.clip_len])  # a writable copy, off the memmap
         if seed is None:
             tensor = self.transform(frames)
         else:

@@ -158,6 +158,7 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
     sd.ensure_cached(val_records, cache, cfg, dist_info, "validation")
     val_set = sd.samples_for(val_records, cache, cfg, recipe, train=False)
     skipped_file = paths.metrics.with_suffix("").with_suffix(".skipped.txt")
+    write_skipped(skipped_file, sorted(missing_rels(val_records, cache)), dist_info)
     sd.check_bad_fraction(val_set, len(val_records), cfg.max_bad_fraction, "val", skipped_file)
     val_loader = sd.eval_loader(val_set, cfg, dist_info, device)
 
@@ -171,7 +172,8 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
     opt, sched = make_optimizer(model, cfg.lr or recipe.lr, recipe.weight_decay, sum(per_phase_steps),
                                 recipe.warmup_fraction)
     precision = make_precision(device, cfg.amp)
-    state = {"phase": 0, "batches_done": 0, "best_auc": -math.inf, "history": [], "skipped": []}
+    state = {"phase": 0, "batches_done": 0, "best_auc": -math.inf, "history": [],
+             "skipped": sorted(missing_rels(val_records, cache))}
     if start == "resume":
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -190,6 +192,7 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
                 "metrics": metrics or {}, "start": {"kind": start, "path": str(ckpt_path or "")},
                 "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0}
 
+    board = tensorboard_writer(paths, dist_info)
     stop = StopFlag(dist_info)
     last_save = time.monotonic()
     train_set = loader = sampler = loss_fn = None
@@ -248,6 +251,11 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
             save(dist_info, checkpoint("best", metrics), paths.best)
         save(dist_info, checkpoint("last", metrics), paths.last)
         last_save = time.monotonic()
+        if board is not None:
+            for key, value in (("train/loss", stats["loss"]), ("val/loss", metrics["loss"]),
+                               ("val/video_auc", metrics["video"]["auc"]), ("val/frame_auc", metrics["frame"]["auc"])):
+                board.add_scalar(key, value, epoch_index + 1)
+            board.flush()
         if dist_info.main:
             append_jsonl(paths.metrics, line)
             reports.progress(cfg, "running", epoch=epoch_index + 1, epochs=len(phases), main=True,
@@ -312,6 +320,17 @@ def report_epoch(cfg, metrics: dict, line: dict) -> None:
     if c["collapsed"]:
         log.error("!!! COLLAPSE: the %s model's validation predictions are degenerate: %s. "
                   "It is not learning the task; do not ship this checkpoint.", cfg.model.upper(), c["reason"])
+
+
+def tensorboard_writer(paths, dist_info):
+    """TensorBoard events under <checkpoint-dir>/tensorboard/ when the package is installed."""
+    if not dist_info.main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional dependency
+        return None
+    return SummaryWriter(log_dir=str(paths.best.parent / "tensorboard" / paths.best.stem))
 
 
 def missing_rels(records, cache) -> set[str]:

@@ -100,11 +100,13 @@ def train_loader(dataset: FaceSamples, cfg, recipe, dist_info, device: torch.dev
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.workers > 0,
-                        drop_last=len(sampler) >= cfg.batch_size)
+                        drop_last=len(sampler) >= cfg.batch_size,
+                        generator=torch.Generator())  # keeps the global RNG (dropout) resumable
+
     return loader, sampler
 
 
 def eval_loader(dataset: FaceSamples, cfg, dist_info, device: torch.device) -> DataLoader:
     sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                      pin_memory=device.type == "cuda")
+                      pin_memory=device.type == "cuda", generator=torch.Generator())

@@ -22,3 +22,13 @@ def _no_network(monkeypatch):
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", local_only)
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory):
+    """The three tiny official-layout trees of `python -m common.sample_data`, made once per run."""
+    from common.sample_data import make_all
+
+    root = tmp_path_factory.mktemp("sample_data")
+    make_all(root)
+    return root
