@@ -1,0 +1,185 @@
+"""common.video: probing, sparse decoding (with seeks) and evenly spaced sample points."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from common import video
+from common.errors import UserError
+from common.video import BadVideoError, count_frames, probe, read_frames, sample_points
+
+
+def write_mp4(path, frames, fps=25.0, audio=None, sample_rate=44100, gop=None, faststart=False):
+    """Tiny H.264 (+ AAC mono) writer. `gop` sets the keyframe interval, which the seek
+    tests need; `faststart` puts the index first, so a cut file still opens."""
+    frames = None if frames is None else np.asarray(frames, dtype=np.uint8)
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as out:
+        vs = None
+        if frames is not None:
+            vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            opts = {"crf": "12", "preset": "veryfast"}  # veryfast keeps B-frames
+            if gop:
+                opts.update(g=str(gop), keyint_min=str(gop), sc_threshold="0")
+            vs.options = opts
+        aus = None
+        if audio is not None:
+            aus = out.add_stream("aac", rate=sample_rate)
+            aus.layout = "mono"
+        if vs is not None:
+            for f in frames:
+                out.mux(vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            out.mux(vs.encode(None))
+        if aus is not None:
+            wave = np.asarray(audio, dtype=np.float32).reshape(1, -1)
+            for start in range(0, wave.shape[1], 4096):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, start:start + 4096]),
+                                                format="flt", layout="mono")
+                af.sample_rate, af.pts = sample_rate, start
+                out.mux(aus.encode(af))
+            out.mux(aus.encode(None))
+    return str(path)
+
+
+def numbered_frames(n, h=64, w=96, seed=0):
+    """Frames that differ from each other everywhere (noise) plus a moving bar."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, size=(n, h // 8, w // 8, 3), dtype=np.uint8)
+    frames = frames.repeat(8, axis=1).repeat(8, axis=2)
+    for i in range(n):
+        frames[i, :, (i * 3) % w] = 255
+    return frames
+
+
+def full_decode(path):
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("video")
+    short = write_mp4(d / "short.mp4", numbered_frames(40))
+    long = write_mp4(d / "long.mp4", numbered_frames(250, seed=1), gop=25)
+    return {"dir": d, "short": short, "long": long}
+
+
+# ------------------------------------------------------------------ sample_points
+def test_sample_points_even_spacing_and_ends():
+    runs = sample_points(100, 4, 3)
+    assert len(runs) == 4 and all(len(r) == 3 for r in runs)
+    assert runs[0][0] == 0 and runs[-1][-1] == 99
+    assert all(r == list(range(r[0], r[0] + 3)) for r in runs)
+    centres = [r[1] for r in runs]
+    gaps = np.diff(centres)
+    assert gaps.max() - gaps.min() <= 1 and gaps.min() >= 30
+
+
+def test_sample_points_default_sizes_cover_whole_video():
+    runs = sample_points(300, 32, 8)
+    assert runs[0][0] == 0 and runs[-1][-1] == 299 and len(runs) == 32
+    assert all(0 <= i < 300 for r in runs for i in r)
+
+
+def test_sample_points_short_videos():
+    assert sample_points(2, 3, 4) == [[0, 1, 1, 1]] * 3  # repeats the last frame
+    assert sample_points(0, 2, 3) == [[0, 0, 0]] * 2
+    runs = sample_points(10, 8, 4)  # runs overlap but stay inside
+    assert runs[0] == [0, 1, 2, 3] and runs[-1] == [6, 7, 8, 9]
+    assert sample_points(50, 1, 5) == [[22, 23, 24, 25, 26]]  # single run in the middle
+    with pytest.raises(ValueError):
+        sample_points(10, 0, 3)
+
+
+# ------------------------------------------------------------------ probe / read
+def test_probe_reports_size_rate_and_length(clips):
+    info = probe(clips["short"])
+    assert (info.n_frames, info.width, info.height) == (40, 96, 64)
+    assert info.fps == pytest.approx(25.0)
+    assert info.duration_s == pytest.approx(1.6, abs=0.05)
+    assert info.has_audio is False
+    # Matroska has no frame count in its header: the length comes from duration * fps
+    mkv = write_mp4(clips["dir"] / "short.mkv", numbered_frames(40))
+    assert abs(probe(mkv).n_frames - 40) <= 1
+
+
+def test_read_frames_matches_sequential_decode(clips):
+    ref = full_decode(clips["short"])
+    assert len(ref) == 40
+    wanted = [0, 5, 6, 7, 39]
+    got = read_frames(clips["short"], wanted)
+    assert sorted(got) == wanted
+    for i in wanted:
+        assert got[i].dtype == np.uint8 and got[i].shape == (64, 96, 3)
+        np.testing.assert_array_equal(got[i], ref[i])
+
+
+def test_read_frames_seeks_over_long_gaps(clips, monkeypatch):
+    ref = full_decode(clips["long"])
+    assert len(ref) == 250
+    seeks = []
+    real_open = av.open
+
+    class Spy:
+        def __init__(self, c):
+            self._c = c
+
+        def seek(self, *a, **kw):
+            seeks.append(a)
+            return self._c.seek(*a, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+    monkeypatch.setattr(video.av, "open", lambda *a, **kw: Spy(real_open(*a, **kw)))
+    wanted = [3, 120, 121, 137, 240, 249]
+    got = read_frames(clips["long"], wanted)
+    assert sorted(got) == wanted
+    for i in wanted:
+        np.testing.assert_array_equal(got[i], ref[i], err_msg=f"frame {i}")
+    assert len(seeks) >= 2  # 3 -> 120 and 137 -> 240 are jumped, not decoded through
+
+
+def test_missing_indices_past_the_end_are_absent(clips):
+    assert sorted(read_frames(clips["short"], [38, 39, 40, 100])) == [38, 39]
+    assert sorted(read_frames(clips["long"], [0, 500])) == [0]
+    assert read_frames(clips["short"], []) == {}
+
+
+def test_container_that_lies_about_its_length(clips):
+    path = write_mp4(clips["dir"] / "cut_fast.mp4", numbered_frames(60, seed=2), faststart=True)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * 0.5)])
+    assert probe(path).n_frames == 60  # the header still promises 60
+    real = count_frames(path)
+    assert 0 < real < 60
+    got = read_frames(path, [0, real - 1, 59])
+    assert 0 in got and 59 not in got
+
+
+@pytest.mark.parametrize("kind", ["zero", "truncated", "text", "missing", "audio_only"])
+def test_bad_videos_raise_one_line_errors(clips, kind):
+    d = clips["dir"]
+    path = d / f"bad_{kind}.mp4"
+    if kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = open(clips["short"], "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 20)
+    elif kind == "audio_only":
+        write_mp4(path, None, audio=np.zeros(8000, np.float32), sample_rate=16000)
+    for fn in (probe, lambda p: read_frames(p, [0])):
+        with pytest.raises(BadVideoError) as err:
+            fn(path)
+        msg = str(err.value)
+        assert isinstance(err.value, UserError)
+        assert "\n" not in msg and str(path) in msg and err.value.path == str(path)
+    expect = {"zero": "empty", "missing": "not found", "audio_only": "no video stream",
+              "text": "not a readable video", "truncated": "not a readable video"}[kind]
+    assert expect in msg
