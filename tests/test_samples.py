@@ -1,0 +1,79 @@
+"""The data contract as the models see it: frames, clips, audio windows, labels, ids."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common.audio import MEL_WINDOW, N_MELS, mel_window
+from common.datasets import VideoRecord, index_dataset
+from common.face_cache import FaceCache, build_face_cache
+from common.preprocess import ClipTransform
+from common.samples import FaceSamples
+
+
+@pytest.fixture(scope="module")
+def dfdc_cache(sample_root, tmp_path_factory):
+    records = [r for r in index_dataset("dfdc", sample_root / "dfdc") if r.chunk == 0][:3]
+    cache = FaceCache(tmp_path_factory.mktemp("cache"), "dfdc", crop_size=32, frames_per_video=3,
+                      clip_len=4, detector="none")
+    build_face_cache(records, cache, progress=False)
+    return records, cache
+
+
+def test_av_sample_carries_the_audio_window_of_its_clip(dfdc_cache):
+    records, cache = dfdc_cache
+    ds = FaceSamples(records, cache, clip_len=4, transform=ClipTransform("none", 32), with_audio=True)
+    assert len(ds) == 3 * len(records)
+    item = ds[4]  # video 1, sample point 1
+    rec = records[1]
+    crops, meta = cache.entry(rec.rel)
+    assert meta["audio"]["present"]
+    centre = meta["frame_indices"][1][2]  # the run's centre frame (T=4 -> index 2)
+    expected = mel_window(cache.mel(rec.rel), centre / meta["fps"], MEL_WINDOW)
+    assert item["mel"].shape == (1, N_MELS, MEL_WINDOW)
+    assert np.allclose(item["mel"][0].numpy(), expected)
+    assert item["audio_missing"].item() == 0.0
+    assert item["video"] == rec.rel and item["label"].item() == rec.label
+    assert item["frames"].shape == (4, 3, 32, 32)
+
+
+def test_missing_audio_is_zeros_and_a_flag(sample_root, tmp_path):
+    rec = [r for r in index_dataset("faceforensics", sample_root / "faceforensics")][0]
+    cache = FaceCache(tmp_path, "faceforensics", crop_size=32, frames_per_video=2, clip_len=3, detector="none")
+    build_face_cache([rec], cache, progress=False)
+    item = FaceSamples([rec], cache, clip_len=3, transform=ClipTransform("none", 32), with_audio=True)[0]
+    assert item["audio_missing"].item() == 1.0
+    assert torch.count_nonzero(item["mel"]) == 0
+
+
+def test_clip_is_consecutive_frames_and_single_frame_is_the_centre(dfdc_cache):
+    records, cache = dfdc_cache
+    crops, meta = cache.entry(records[0].rel)
+    runs = meta["frame_indices"]
+    assert all(np.diff(run).tolist() == [1] * (len(run) - 1) for run in runs if run[0] != run[-1])
+    t = ClipTransform("none", 32)
+    clip = FaceSamples(records, cache, clip_len=4, transform=t)[0]["frames"]
+    assert torch.allclose(clip, t(np.array(crops[0])))
+    frame = FaceSamples(records, cache, clip_len=1, transform=t)[0]["frames"]
+    assert frame.shape[0] == 1 and torch.allclose(frame[0], clip[2])
+
+
+def test_one_augmentation_draw_per_clip_and_seeded(tmp_path):
+    cache = FaceCache(tmp_path, "toy", crop_size=32, frames_per_video=1, clip_len=4, detector="none")
+    cache.dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    paths = cache.paths("v.mp4")
+    np.save(paths["crops"], np.broadcast_to(frame, (1, 4, 32, 32, 3)).copy())
+    paths["meta"].write_text(json.dumps({"frame_indices": [[0, 1, 2, 3]], "boxes": [[0, 0, 32, 32]],
+                                         "fps": 25.0, "n_frames": 4, "width": 32, "height": 32,
+                                         "audio": {"present": False}}))
+    rec = VideoRecord(path="v.mp4", rel="v.mp4", label=1, group="v", split="train", has_audio=False)
+    ds = FaceSamples([rec], cache, clip_len=4, transform=ClipTransform("maximum", 32, train=True,
+                                                                       preprocessing="clahe_bilateral"))
+    a = ds[(0, 123)]["frames"]
+    for i in range(1, 4):  # identical input frames stay identical: one draw for the whole clip
+        assert torch.equal(a[0], a[i])
+    assert torch.equal(a, ds[(0, 123)]["frames"])        # same seed, same draw
+    assert not torch.equal(a, ds[(0, 124)]["frames"])    # another seed, another draw
