@@ -21,6 +21,10 @@ from common.errors import CheckpointError
 FORMAT_VERSION = 1
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint (or other atomic) write failed: full disk, quota, read-only folder."""
+
+
 @dataclass(frozen=True)
 class StagePaths:
     best: Path      # <m>_stage<k>_<dataset>.pt      best validation video AUC
@@ -43,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from e
+        raise CheckpointWriteError(f"cannot write {path}: {e.strerror or e}") from e
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -52,7 +56,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e} (the previous file is untouched)") from e
+        raise CheckpointWriteError(f"cannot write {path}: {e.strerror or e} (the previous file is untouched)") from e
     except BaseException:
         _remove_quietly(tmp)
         raise

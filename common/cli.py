@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,15 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {text}")
     return value
 
 
@@ -101,7 +109,7 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
     a("--face-detector", choices=("haar", "yunet", "none"), default="haar",
       help="haar (built in), yunet (needs --face-model) or none (videos are face crops already)")
     a("--face-model", type=Path, help="YuNet .onnx model for --face-detector yunet")
-    a("--max-bad-fraction", type=float, default=0.05, help="stop if more than this share of a split is unreadable")
+    a("--max-bad-fraction", type=fraction, default=0.05, help="stop if more than this share of a split is unreadable")
     a("--status-file", type=Path, default=Path("TRAINING_STATUS.md"), help="progress table to refresh")
     a("--no-status", action="store_true", help="do not touch the status file")
     if recipe.dataset == "faceforensics":
@@ -147,5 +155,9 @@ def run_stage(model: str, stage: str, argv: list[str] | None = None) -> int:
         return EXIT_TRAINING_FAILED
     except StageInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+        print("interrupted: stopped at once; rerun the same command with --resume to continue "
+              "from the last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

@@ -391,6 +391,7 @@ def part_dirs(root: str | Path) -> dict[int, Path]:
     themselves so the indexer can name them in its error."""
     out: dict[int, Path] = {}
     pat = re.compile(r"dfdc_train_part_(\d+)")
+    _check_root(root, [], _DFDC_EXPECT)  # a missing root or a file: one clear line, not a traceback
     for outer in sorted(Path(root).iterdir()):
         m = pat.fullmatch(outer.name)
         if not m or not outer.is_dir():

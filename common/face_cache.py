@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -30,14 +31,21 @@ import numpy as np
 from common.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
 from common.errors import UserError
 from common.faces import crop_box, face_box, fill_missing, make_detector
-from common.video import BadVideoError, count_frames, iter_frames, probe, sample_points
+from common.video import (BadVideoError, RegionConverter, count_frames, iter_decoded, luma, probe,
+                          sample_points)
 
 CACHE_VERSION = 1
+AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
 log = logging.getLogger(__name__)
 
 
 class NoFaceError(Exception):
     """No face in any sampled frame of the video."""
+
+
+class CacheWriteError(UserError):
+    """Writing into the cache failed (full disk, quota, read-only folder). Not the video's
+    fault: never recorded as a skipped video; the run stops, finished entries stay valid."""
 
 
 def cache_key(dataset: str, crop_size: int, frames_per_video: int, clip_len: int,
@@ -149,35 +157,65 @@ class FaceCache:
 
 # ----------------------------------------------------------------------------- extraction
 
+class _Cropper:
+    """Face boxes and crops straight from decoded frames. Only what is kept is converted
+    to RGB: the crop's rectangle, not the 1080p frame (whose conversion costs more than
+    its decoding); a detector that takes grayscale gets the luma plane as it is."""
+
+    def __init__(self, detector, size: int):
+        self.detector, self.size = detector, size
+        self.gray = getattr(detector, "takes_gray", False)
+        self.regions = RegionConverter()
+
+    def box(self, frame):
+        image = luma(frame) if self.gray else None
+        return face_box(frame.to_ndarray(format="rgb24") if image is None else image, self.detector)
+
+    def crop(self, frame, box) -> np.ndarray:
+        x0, y0, x1, y1 = (int(v) for v in box[:4])
+        sx0, sy0 = max(x0, 0), max(y0, 0)
+        sx1, sy1 = min(x1, frame.width), min(y1, frame.height)
+        if (sx0, sy0, sx1, sy1) == (x0, y0, x1, y1):  # inside the frame: one swscale pass
+            out = self.regions.resized(frame, x0, y0, x1, y1, self.size, self.size)
+            if out is not None:
+                return out
+        if sx1 <= sx0 or sy1 <= sy0:  # box wholly outside the frame: black, like crop_box
+            return np.zeros((self.size, self.size, 3), np.uint8)
+        # At the frame's edge: the in-frame part in RGB, black padding, then resized.
+        part = self.regions.rgb(frame, sx0, sy0, sx1, sy1)
+        return crop_box(part, (x0 - sx0, y0 - sy0, x1 - sx0, y1 - sy0), self.size)
+
+
 def _extract_crops(path: str, runs: list[list[int]], size: int, detector,
                    boxes: Sequence | None) -> tuple[np.ndarray, list, list[bool], set[int]]:
     """Crops for all runs in one streaming pass; the box of run i comes from its centre
     frame (or from `boxes`). Frames are cropped as soon as their box is known, so only a
-    few full frames are held at a time; runs without a face are re-read at the end with
+    few decoded frames are held at a time; runs without a face are re-read at the end with
     their nearest neighbour's box. Returns crops, boxes, detected flags, indices missing."""
     n, t = len(runs), len(runs[0])
     crops = np.zeros((n, t, size, size, 3), dtype=np.uint8)
     known: list = [tuple(b) for b in boxes] if boxes is not None else [None] * n
     tried = [boxes is not None] * n
     detected = [False] * n
+    cropper = _Cropper(detector, size)
     where: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for i, run in enumerate(runs):
         for j, idx in enumerate(run):
             where[idx].append((i, j))
-    waiting: dict[int, dict[int, np.ndarray]] = defaultdict(dict)  # frames before the centre
+    waiting: dict[int, dict[int, Any]] = defaultdict(dict)  # frames before the centre
     seen: set[int] = set()
-    for idx, frame in iter_frames(path, where.keys()):
+    for idx, frame in iter_decoded(path, where.keys()):
         seen.add(idx)
         for i, j in where[idx]:
             if not tried[i] and idx == runs[i][t // 2]:
                 tried[i] = True
-                known[i] = face_box(frame, detector)
+                known[i] = cropper.box(frame)
                 detected[i] = known[i] is not None
                 for jj, f in waiting.pop(i, {}).items():
                     if known[i] is not None:
-                        crops[i, jj] = crop_box(f, known[i], size)
+                        crops[i, jj] = cropper.crop(f, known[i])
             if known[i] is not None:
-                crops[i, j] = crop_box(frame, known[i], size)
+                crops[i, j] = cropper.crop(frame, known[i])
             elif not tried[i]:
                 waiting[i][j] = frame
     missing = set(where) - seen
@@ -189,10 +227,10 @@ def _extract_crops(path: str, runs: list[list[int]], size: int, detector,
     redo = [i for i in range(n) if known[i] is None]
     if redo:
         todo = {idx for i in redo for idx in runs[i]}
-        for idx, frame in iter_frames(path, todo):
+        for idx, frame in iter_decoded(path, todo):
             for i, j in where[idx]:
                 if known[i] is None:
-                    crops[i, j] = crop_box(frame, filled[i], size)
+                    crops[i, j] = cropper.crop(frame, filled[i])
     return crops, filled, detected, set()
 
 
@@ -230,36 +268,40 @@ def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = 
     else:
         wave = _decode_audio(path)
         if wave is None:
-            audio["reason"] = "audio track failed to decode"
+            audio["reason"] = AUDIO_FAILED
         else:
             mel = log_mel(wave)
             audio.update(present=True, n_frames=int(mel.shape[1]))
 
     p = cache.paths(record.rel)
-    cache.dir.mkdir(parents=True, exist_ok=True)
-    for old in p.values():  # temp files a killed run left for this video
-        for stale in glob.glob(os.path.join(glob.escape(str(old.parent)),
-                                            "." + glob.escape(old.name) + ".tmp-*")):
-            Path(stale).unlink(missing_ok=True)
-    p["meta"].unlink(missing_ok=True)
-    p["skip"].unlink(missing_ok=True)
-    _atomic_write(p["crops"], lambda f: np.save(f, crops))
-    if mel is not None:
-        _atomic_write(p["mel"], lambda f: np.save(f, mel))
-    else:
-        p["mel"].unlink(missing_ok=True)
-    meta = {
-        "version": CACHE_VERSION, "rel": record.rel, "label": int(record.label),
-        "frame_indices": [[int(i) for i in run] for run in runs],
-        "boxes": [[int(v) for v in b] for b in boxes],
-        "detected": detected, "boxes_from": record.source if reuse else None,
-        "fps": info.fps, "n_frames": int(n_frames), "width": info.width,
-        "height": info.height, "duration_s": info.duration_s, "crop_size": cache.crop_size,
-        "clip_len": cache.clip_len, "frames_per_video": cache.frames_per_video,
-        "detector": cache.detector, "audio": audio,
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
-    _write_json(p["meta"], meta)  # the commit point
+    try:
+        cache.dir.mkdir(parents=True, exist_ok=True)
+        for old in p.values():  # temp files a killed run left for this video
+            for stale in glob.glob(os.path.join(glob.escape(str(old.parent)),
+                                                "." + glob.escape(old.name) + ".tmp-*")):
+                Path(stale).unlink(missing_ok=True)
+        p["meta"].unlink(missing_ok=True)
+        p["skip"].unlink(missing_ok=True)
+        _atomic_write(p["crops"], lambda f: np.save(f, crops))
+        if mel is not None:
+            _atomic_write(p["mel"], lambda f: np.save(f, mel))
+        else:
+            p["mel"].unlink(missing_ok=True)
+        meta = {
+            "version": CACHE_VERSION, "rel": record.rel, "label": int(record.label),
+            "frame_indices": [[int(i) for i in run] for run in runs],
+            "boxes": [[int(v) for v in b] for b in boxes],
+            "detected": detected, "boxes_from": record.source if reuse else None,
+            "fps": info.fps, "n_frames": int(n_frames), "width": info.width,
+            "height": info.height, "duration_s": info.duration_s, "crop_size": cache.crop_size,
+            "clip_len": cache.clip_len, "frames_per_video": cache.frames_per_video,
+            "detector": cache.detector, "audio": audio,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+        _write_json(p["meta"], meta)  # the commit point
+    except OSError as exc:  # full disk, quota, read-only: the cache's fault, not the video's
+        raise CacheWriteError(f"cannot write the face cache in {cache.dir}: "
+                              f"{exc.strerror or exc}") from exc
     return meta
 
 
@@ -290,15 +332,22 @@ def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    # Ctrl-C reaches the whole process group: the main process decides when to stop and
+    # terminates the pool; a worker dying mid-task would only stall it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_job(job: _Job) -> tuple[str, str, str]:
-    """(rel, status, detail): status is done | reused | bad_video | no_face | failed."""
+    """(rel, status, detail): status is done | reused | bad_video | no_face | write_error |
+    failed; detail of done/reused is "audio_failed" when the audio track did not decode."""
     rec = job.record
     try:
         det = _detector(job.detector, job.model_path, job.max_side)
         meta = extract_video(rec, job.cache, det, job.decode_audio, job.source_meta)
-        return rec.rel, ("reused" if meta["boxes_from"] else "done"), ""
+        audio = "audio_failed" if meta["audio"].get("reason") == AUDIO_FAILED else ""
+        return rec.rel, ("reused" if meta["boxes_from"] else "done"), audio
+    except CacheWriteError as exc:  # the disk, not the video: no skip marker
+        return rec.rel, "write_error", str(exc)
     except (BadVideoError, NoFaceError) as exc:
         reason = "bad_video" if isinstance(exc, BadVideoError) else "no_face"
         try:
@@ -338,12 +387,17 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
                      shard: tuple[int, int] = (0, 1), decode_audio: bool = True,
                      progress: bool = True, face_model: str | None = None,
                      detect_max_side: int = 640, retry_skipped: bool = False,
-                     stall_timeout_s: float = 900.0) -> dict:
+                     stall_timeout_s: float = 900.0,
+                     should_stop: Callable[[], bool] | None = None) -> dict:
     """Fill the cache for this shard's records; resumable (complete entries are skipped).
 
     Reals go first so that each fake can reuse its source real's boxes. Returns
     {"total", "done", "reused_boxes", "cached", "skipped": {reason: n}, "failed":
-    [(rel, reason)], "seconds", "shard", "cache_dir"}; done counts every entry written.
+    [(rel, reason)], "audio_failed", "stopped", "seconds", "shard", "cache_dir"}; done
+    counts every entry written, audio_failed those of them whose audio track did not
+    decode (kept, without audio). `should_stop()` is asked after each video: True ends
+    the build early (a SIGTERM), with "stopped" set. A failed write into the cache (full
+    disk) raises CacheWriteError: it is not the video's fault, so nothing is marked.
     """
     from tqdm import tqdm
 
@@ -354,8 +408,8 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     t0 = time.perf_counter()
     mine = list({r.rel: r for r in records if shard_of(r, n) == i}.values())
     summary: dict = {"total": len(mine), "done": 0, "reused_boxes": 0, "cached": 0,
-                     "skipped": Counter(), "failed": [], "shard": [i, n],
-                     "cache_dir": str(cache.dir)}
+                     "skipped": Counter(), "failed": [], "audio_failed": 0, "stopped": False,
+                     "shard": [i, n], "cache_dir": str(cache.dir)}
     phases: list[list[Any]] = [[], []]
     for rec in mine:
         if cache.is_complete(rec.rel):
@@ -368,13 +422,21 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
         phases[1 if rec.label == 1 else 0].append(rec)
     pending = len(phases[0]) + len(phases[1])
     if pending:
-        cache.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cache.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the face cache folder {cache.dir}: "
+                            f"{exc.strerror or exc} (check --cache-dir)") from None
+        if not os.access(cache.dir, os.W_OK):
+            raise UserError(f"the face cache folder {cache.dir} is not writable (check --cache-dir)")
     pool = None
     if workers > 0 and pending:
         pool = mp.get_context("spawn").Pool(min(workers, pending), initializer=_init_worker)
     bar = tqdm(total=pending, disable=not progress, unit="video", desc=cache.key)
     try:
         for phase in phases:
+            if summary["stopped"]:
+                break
             jobs = []
             for rec in phase:  # the reals of phase 0 are finished before fakes look them up
                 src = cache.meta(rec.source) if rec.label == 1 and rec.source else None
@@ -384,6 +446,10 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
                 if status in ("done", "reused"):
                     summary["done"] += 1
                     summary["reused_boxes"] += status == "reused"
+                    summary["audio_failed"] += detail == "audio_failed"
+                elif status == "write_error":
+                    raise CacheWriteError(f"{detail} (writing {rel}; the entries already "
+                                          "written are kept)")
                 elif status == "failed":
                     summary["failed"].append((rel, detail))
                     log.error("failed %s: %s", rel, detail)
@@ -391,6 +457,9 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
                     summary["skipped"][status] += 1
                     log.warning("skipped %s: %s", rel, detail)
                 bar.update(1)
+                if should_stop is not None and should_stop():
+                    summary["stopped"] = True
+                    break
     finally:
         bar.close()
         if pool is not None:

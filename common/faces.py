@@ -43,6 +43,7 @@ class HaarDetector:
 
     name = "haar"
     box_scale = BOX_SCALE
+    takes_gray = True  # detect() also accepts an HxW grayscale frame (a video's luma plane)
 
     def __init__(self, max_side: int = 640, min_neighbors: int = 5, min_size: int = 20):
         path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
@@ -54,7 +55,9 @@ class HaarDetector:
 
     def detect(self, frame: np.ndarray) -> list[tuple[float, float, float, float, float]]:
         small, scale = _downscale(frame, self.max_side)
-        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        if small.ndim == 3:
+            small = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        gray = cv2.equalizeHist(small)
         rects = self._cascade.detectMultiScale(
             gray, scaleFactor=1.1, minNeighbors=self.min_neighbors,
             minSize=(self.min_size, self.min_size))
@@ -98,6 +101,7 @@ class NoDetector:
 
     name = "none"
     box_scale = 1.0
+    takes_gray = True
 
     def detect(self, frame: np.ndarray) -> list[tuple[float, float, float, float, float]]:
         h, w = frame.shape[:2]

@@ -2,8 +2,9 @@
 
 A clip is augmented with ONE random draw shared by all its frames: a rotation or a flip that
 changed from frame to frame would itself look like a temporal artefact to the TM and AV models.
-`torchvision.transforms.v2` gives this for free: applied to a [T, 3, H, W] tensor, each random
-transform samples its parameters once and applies them across the leading (time) dimension.
+ClipAugment draws the parameters once (from torch's generator) and applies them to every frame
+with OpenCV on uint8: in the DataLoader workers this is the per-sample cost that decides how
+many workers a GPU needs (see README, "Performance").
 """
 from __future__ import annotations
 
@@ -60,28 +61,88 @@ def apply_preprocessing(frames: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-def _augmentations(level: str) -> list:
-    """The random transforms of one augmentation level (see the stage table in the README)."""
-    if level == "none":
-        return []
-    if level == "minimal":  # stage 1: rotation 5 deg, colour jitter 0.1
-        rotate, jitter = 5, 0.1
-    elif level == "moderate":  # stage 2: rotation 10 deg, colour jitter 0.2
-        rotate, jitter = 10, 0.2
-    else:  # maximum, stage 4: rotation 20 deg, perspective, blur
-        rotate, jitter = 20, 0.2
-    # Hue is left alone: skin hue is evidence, and hue shifts are the slowest op on the CPU.
-    ops = [
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomRotation(degrees=rotate),
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
-    ]
-    if level == "maximum":
-        ops += [
-            v2.RandomPerspective(distortion_scale=0.2, p=0.5),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))], p=0.3),
-        ]
-    return ops
+# Per level: max rotation (deg), colour jitter, perspective distortion, P(perspective), P(blur).
+# Hue is left alone: skin hue is evidence.
+_LEVELS = {
+    "minimal": (5.0, 0.1, 0.0, 0.0, 0.0),    # stage 1: rotation 5 deg, colour jitter 0.1
+    "moderate": (10.0, 0.2, 0.0, 0.0, 0.0),  # stage 2: rotation 10 deg, colour jitter 0.2
+    "maximum": (20.0, 0.2, 0.2, 0.5, 0.3),   # stage 4: rotation 20 deg, perspective, blur
+}
+
+
+class ClipAugment:
+    """The random transforms of one augmentation level: ONE draw per clip, applied to every
+    frame of uint8 [T, H, W, 3]. Each clip gets a horizontal flip (p 0.5), a rotation, colour
+    jitter (brightness, contrast, saturation, in random order) and, at "maximum", a
+    perspective distortion (p 0.5) and a Gaussian blur (p 0.3).
+
+    Draws come from torch's generator, so torch.manual_seed fixes them (FaceSamples seeds
+    each item). All of it runs in OpenCV on uint8: flip, rotation and perspective are one
+    homography and one warp per frame (one interpolation, not three), the jitter is lookup
+    tables and one blend; about 20x cheaper than torchvision's tensor ops on the CPU, which
+    decides how many loader workers a GPU needs.
+    """
+
+    def __init__(self, level: str) -> None:
+        self.level = level
+        self.rotate, self.jitter, self.distortion, self.p_perspective, self.p_blur = _LEVELS[level]
+
+    def draw(self, h: int, w: int) -> dict:
+        u = torch.rand(19).tolist()  # one call: a sample's draw costs microseconds, not a millisecond
+        flip = u[0] < 0.5
+        angle = self.rotate * (2.0 * u[1] - 1.0)
+        lo = max(0.0, 1.0 - self.jitter)
+        factors = [lo + (1.0 + self.jitter - lo) * v for v in u[2:5]]
+        order = sorted(range(3), key=lambda k: u[5 + k])  # brightness, contrast, saturation
+        ends = None
+        if self.distortion and u[8] < self.p_perspective:
+            # Each corner moves inwards by up to `distortion` of the half side (torchvision's draw).
+            bw, bh = int(self.distortion * (w // 2)) + 1, int(self.distortion * (h // 2)) + 1
+            dx = [int(v * bw) for v in u[9:13]]
+            dy = [int(v * bh) for v in u[13:17]]
+            ends = [[dx[0], dy[0]], [w - 1 - dx[1], dy[1]], [w - 1 - dx[2], h - 1 - dy[2]],
+                    [dx[3], h - 1 - dy[3]]]
+        sigma = 0.1 + 1.9 * u[18] if self.p_blur and u[17] < self.p_blur else None
+        # Source -> destination homography: flip, then rotate about the centre, then perspective.
+        m = np.eye(3)
+        if flip:
+            m = np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        rot = np.vstack([cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0), [0, 0, 1]])
+        m = rot @ m
+        if ends is not None:
+            starts = [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]
+            m = cv2.getPerspectiveTransform(np.float32(starts), np.float32(ends)) @ m
+        return {"homography": m, "factors": factors, "order": order, "sigma": sigma}
+
+    @staticmethod
+    def _jitter(img: np.ndarray, factors: list[float], order: list[int]) -> np.ndarray:
+        ramp = np.arange(256, dtype=np.float32)
+        for k in order:
+            f = factors[k]
+            if k == 0:  # brightness: scale towards black
+                lut = ramp * f
+            elif k == 1:  # contrast: blend with the mean grey level of the image
+                mean = float(np.dot(cv2.mean(img)[:3], (0.299, 0.587, 0.114)))
+                lut = ramp * f + (1.0 - f) * mean
+            else:  # saturation: blend with the image's own greyscale
+                grey = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+                img = cv2.addWeighted(img, f, grey, 1.0 - f, 0.0)
+                continue
+            img = cv2.LUT(img, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
+        return img
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        t, h, w = frames.shape[:3]
+        p = self.draw(h, w)
+        out = np.empty_like(frames)
+        for i in range(t):
+            img = self._jitter(np.ascontiguousarray(frames[i]), p["factors"], p["order"])
+            img = cv2.warpPerspective(img, p["homography"], (w, h), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+            if p["sigma"] is not None:
+                img = cv2.GaussianBlur(img, (5, 5), p["sigma"])
+            out[i] = img
+        return out
 
 
 class ClipTransform:
@@ -104,20 +165,21 @@ class ClipTransform:
         self.image_size = int(image_size)
         self.train = bool(train)
         self.preprocessing = preprocessing
-        self.augment = v2.Compose(_augmentations(augmentation)) if train and augmentation != "none" else None
-        self.finish = v2.Compose([
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ])
+        self.augment = ClipAugment(augmentation) if train and augmentation != "none" else None
+        # Scale to [0, 1] and normalise in one pass: x * 1/(255 std) - mean/std.
+        self._scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD]).view(1, 3, 1, 1)
+        self._shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        frames = apply_preprocessing(frames, self.preprocessing)
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
-        if x.shape[-2:] != (self.image_size, self.image_size):
+        frames = np.ascontiguousarray(apply_preprocessing(frames, self.preprocessing))
+        if frames.shape[1:3] != (self.image_size, self.image_size):
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
             x = v2.functional.resize(x, [self.image_size, self.image_size], antialias=True)
+            frames = x.permute(0, 2, 3, 1).contiguous().numpy()
         if self.augment is not None:
-            x = self.augment(x)
-        return self.finish(x).contiguous()
+            frames = self.augment(frames)
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+        return torch.addcmul(self._shift, x.float(), self._scale)
 
     def __repr__(self) -> str:
         return (f"ClipTransform(augmentation={self.augmentation!r}, image_size={self.image_size}, "

@@ -7,15 +7,29 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from common.audio import MEL_WINDOW, N_MELS, mel_window
 
 log = logging.getLogger(__name__)
+_OPENCV_SET_IN = -1  # pid of the DataLoader worker whose OpenCV threads were set
+
+
+def _one_opencv_thread_in_workers() -> None:
+    """DataLoader workers are already one process per core. torch drops its own threads to
+    one in a worker, OpenCV does not: each worker's CLAHE / bilateral / warps would start a
+    thread per core, and 16 workers on a 16-core box would fight over them."""
+    global _OPENCV_SET_IN
+    if _OPENCV_SET_IN != os.getpid() and get_worker_info() is not None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _OPENCV_SET_IN = os.getpid()
 
 
 class FaceSamples(Dataset):
@@ -33,6 +47,7 @@ class FaceSamples(Dataset):
         self.with_audio = with_audio
         self.videos: list = []      # (record, fps, centre frame index per point, audio present)
         self.items: list[tuple[int, int]] = []
+        self._offsets: list = []    # where each video's crops start in its .npy (None: use np.load)
         self.missing = 0
         for rec in records:
             entry = cache.entry(rec.rel)
@@ -47,6 +62,8 @@ class FaceSamples(Dataset):
             audio = bool(meta.get("audio", {}).get("present", False))
             v = len(self.videos)
             self.videos.append((rec, float(meta["fps"]), centres, audio))
+            self._offsets.append(int(crops.offset) if isinstance(crops, np.memmap)
+                                 and crops.flags.c_contiguous else None)
             self.items.extend((v, p) for p in range(crops.shape[0]))
         self.labels = [self.videos[v][0].label for v, _ in self.items]
 
@@ -54,23 +71,45 @@ class FaceSamples(Dataset):
         return len(self.items)
 
     def __getitem__(self, key) -> dict:
+        _one_opencv_thread_in_workers()
         index, seed = key if isinstance(key, tuple) else (key, None)
         v, point = self.items[index]
         rec, fps, centres, audio_present = self.videos[v]
-        # Completeness was checked once at construction; here only the memmap is opened.
-        run = np.load(self.cache.paths(rec.rel)["crops"], mmap_mode="r")[point]
-        start = (run.shape[0] - self.clip_len + 1) // 2 if self.clip_len > 1 else run.shape[0] // 2
-        frames = np.array(run[start:start + self.clip_len])  # a writable copy, off the memmap
+        frames = self._frames(v, rec.rel, point)
         if seed is None:
             tensor = self.transform(frames)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            # Seed the CPU generator only, and put its state back after. (torch.manual_seed
+            # also seeds, or queues seeds for, every accelerator: a tenth of a millisecond
+            # or more per sample, and it would reset the GPU's dropout stream in-process.)
+            state = torch.get_rng_state()
+            try:
+                torch.default_generator.manual_seed(seed)
                 tensor = self.transform(frames)
+            finally:
+                torch.set_rng_state(state)
         sample = {"frames": tensor, "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
         if self.with_audio:
             sample.update(self._audio(rec.rel, centres[point] / max(fps, 1e-6), audio_present))
         return sample
+
+    def _frames(self, v: int, rel: str, point: int) -> np.ndarray:
+        """uint8 [clip_len, S, S, 3]: the clip_len frames centred in run `point`. Read with one
+        seek and read (a tenth of the cost of mapping the .npy for every sample); completeness
+        and shape were checked once, at construction."""
+        path = self.cache.paths(rel)["crops"]
+        t, s = self.cache.clip_len, self.cache.crop_size
+        start = (t - self.clip_len + 1) // 2 if self.clip_len > 1 else t // 2
+        if self._offsets[v] is None:
+            run = np.load(path, mmap_mode="r")[point]
+            return np.array(run[start:start + self.clip_len])  # a writable copy, off the memmap
+        frame_bytes = s * s * 3
+        frames = np.empty((self.clip_len, s, s, 3), dtype=np.uint8)
+        with open(path, "rb", buffering=0) as f:
+            f.seek(self._offsets[v] + (point * t + start) * frame_bytes)
+            if f.readinto(frames) != frames.nbytes:
+                raise OSError(f"{path}: cache entry is shorter than its header says (rebuild it)")
+        return frames
 
     def _audio(self, rel: str, centre_s: float, present: bool) -> dict:
         mel = np.load(self.cache.paths(rel)["mel"], mmap_mode="r") if present else None

@@ -6,12 +6,14 @@ best checkpoint is chosen (validation video AUC) and what it leaves on disk.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import signal
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,13 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from common import distributed, reports
-from common.checkpoints import (capture_rng, load_checkpoint, restore_rng, save_checkpoint,
-                                stage_paths, weights_fingerprint)
+from common.checkpoints import (CheckpointWriteError, capture_rng, load_checkpoint, restore_rng,
+                                save_checkpoint, stage_paths, weights_fingerprint)
 from common.chunks import check_chunks, iter_chunks
 from common.datasets import part_dirs
 from common.engine import (NonFiniteLossError, make_optimizer, make_precision, predict,
                            train_one_epoch, validate)
 from common.errors import CheckpointError, UserError
+from common.face_cache import AUDIO_FAILED, CacheWriteError
 from common.losses import build_loss
 from common.metrics import evaluate, fit_temperature
 from common.model import MODEL_NAMES, build_student, student_from_options
@@ -35,6 +38,8 @@ from common import stage_data as sd
 
 log = logging.getLogger("train")
 SAVE_EVERY_S = 20 * 60  # mid-epoch _last.pt, so a killed session loses at most this much
+# A write that failed because of the disk, not the program: the run stops (exit 3), cleanly.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 class TrainingFailed(RuntimeError):
@@ -57,9 +62,12 @@ def pick_device(choice: str) -> torch.device:
 def resolve_start(cfg, recipe, paths) -> tuple[str, dict | None, Path | None]:
     """Where weights come from: ('resume'|'init'|'previous'|'scratch', checkpoint, its path)."""
     if cfg.resume:
-        if not paths.last.exists():
-            raise CheckpointError(f"--resume: {paths.last} does not exist (nothing to resume)")
-        return "resume", load_checkpoint(paths.last, cfg.model), paths.last
+        if paths.last.exists():
+            return "resume", load_checkpoint(paths.last, cfg.model), paths.last
+        # Killed before its first checkpoint (e.g. during face extraction): a restarted job
+        # passes --resume anyway, so begin as a fresh run would (the face cache is kept).
+        log.warning("--resume: %s does not exist yet (the run stopped before its first checkpoint); "
+                    "starting the stage from the beginning", paths.last)
     if cfg.init is not None:
         return "init", load_checkpoint(cfg.init, cfg.model), cfg.init
     if recipe.previous is None:
@@ -87,8 +95,12 @@ class StopFlag:
 
     def __init__(self, dist_info):
         self.dist_info, self.raised = dist_info, False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handler)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def close(self) -> None:
+        """Give the signals back to whoever had them (in-process callers: tests, notebooks)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handler(self, signum, frame):
         if self.raised:  # a second Ctrl-C means now
@@ -96,12 +108,22 @@ class StopFlag:
         self.raised = True
         log.warning("signal %d: saving state after this step, then stopping", signum)
 
-    def __call__(self) -> bool:
+    def any_rank(self) -> bool:
+        """Whether a signal reached any rank (a collective under torchrun: all ranks call it)."""
         if not self.dist_info.enabled:
             return self.raised
         flag = torch.tensor([1.0 if self.raised else 0.0])
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
+
+    def __call__(self) -> bool:
+        return self.any_rank()
+
+    def check_extraction(self) -> None:
+        """After a face-cache build: stop now if a signal came (finished entries are kept)."""
+        if self.any_rank():
+            raise StageInterrupted("stopped during face extraction (finished videos stay cached); "
+                                   "rerun the same command with --resume")
 
 
 def plan_phases(cfg, recipe, records) -> list[dict]:
@@ -124,22 +146,37 @@ def train_stage(cfg) -> dict:
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
     paths = stage_paths(cfg.checkpoint_dir, cfg.model, cfg.stage)
+    stop = StopFlag(dist_info)
     try:
-        return _train(cfg, recipe, device, dist_info, paths)
-    except (NonFiniteLossError, sd.TooManyBadVideos) as e:
-        if dist_info.main:
-            append_jsonl(paths.metrics, {"failed": str(e), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            reports.progress(cfg, "failed", epoch=0, epochs=0, main=True)
-        raise TrainingFailed(str(e)) from e
+        return _train(cfg, recipe, device, dist_info, paths, stop)
+    except (NonFiniteLossError, sd.TooManyBadVideos, CheckpointWriteError, CacheWriteError) as e:
+        raise failed(cfg, paths, dist_info, str(e)) from e
+    except OSError as e:  # metrics, plots, status file on a full disk
+        if e.errno not in DISK_ERRNOS:
+            raise
+        raise failed(cfg, paths, dist_info, f"a write failed: {e}") from e
     finally:
+        stop.close()
         distributed.cleanup(dist_info)
 
 
-def _train(cfg, recipe, device, dist_info, paths) -> dict:
+def failed(cfg, paths, dist_info, why: str) -> TrainingFailed:
+    """Record the failure where possible (the disk may be full) and return the exception."""
+    if dist_info.main:
+        try:
+            append_jsonl(paths.metrics, {"failed": why, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            reports.progress(cfg, "failed", epoch=0, epochs=0, main=True)
+        except (OSError, UserError) as e:
+            log.warning("could not record the failure in %s: %s", paths.metrics, e)
+    return TrainingFailed(why)
+
+
+def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
     torch.manual_seed(cfg.seed)
     start, ckpt, ckpt_path = resolve_start(cfg, recipe, paths)  # fail fast, before any data work
     if dist_info.main:
         check_writable(cfg.checkpoint_dir)
+        remove_stale_temps(paths)
     if recipe.chunks:
         cfg.chunks = tuple(check_chunks(cfg.chunks or recipe.chunks, part_dirs(cfg.data),
                                         cfg.skip_missing_chunks))
@@ -155,10 +192,11 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
 
     cache = sd.make_cache(cfg, recipe)
     val_records = [r for r in records if r.split == "val"]
-    sd.ensure_cached(val_records, cache, cfg, dist_info, "validation")
+    sd.ensure_cached(val_records, cache, cfg, dist_info, "validation", stop)
+    stop.check_extraction()
     val_set = sd.samples_for(val_records, cache, cfg, recipe, train=False)
-    skipped_file = paths.metrics.with_suffix("").with_suffix(".skipped.txt")
-    write_skipped(skipped_file, sorted(missing_rels(val_records, cache)), dist_info)
+    skipped_file = skipped_path(paths)
+    write_skipped(skipped_file, sorted(missing_rels(val_records, cache)), dist_info, cache)
     sd.check_bad_fraction(val_set, len(val_records), cfg.max_bad_fraction, "val", skipped_file)
     val_loader = sd.eval_loader(val_set, cfg, dist_info, device)
 
@@ -193,7 +231,6 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
                 "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0}
 
     board = tensorboard_writer(paths, dist_info)
-    stop = StopFlag(dist_info)
     last_save = time.monotonic()
     train_set = loader = sampler = loss_fn = None
     current_chunk = object()
@@ -204,10 +241,12 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
             train_records = [r for r in records if r.split == "train" and
                              (current_chunk is None or r.chunk == current_chunk)]
             sd.ensure_cached(train_records, cache, cfg, dist_info,
-                             "training" + (f" chunk {current_chunk}" if current_chunk is not None else ""))
+                             "training" + (f" chunk {current_chunk}" if current_chunk is not None else ""),
+                             stop)
+            stop.check_extraction()  # at a phase boundary: _last.pt already holds this state
             train_set = sd.samples_for(train_records, cache, cfg, recipe, train=True)
             state["skipped"] = sorted(set(state["skipped"]) | missing_rels(train_records, cache))
-            write_skipped(skipped_file, state["skipped"], dist_info)
+            write_skipped(skipped_file, state["skipped"], dist_info, cache)
             sd.check_bad_fraction(train_set, len(train_records), cfg.max_bad_fraction, "train", skipped_file)
             counts = [train_set.labels.count(0), train_set.labels.count(1)]
             loss_fn = build_loss(recipe.loss, class_counts=counts)
@@ -231,6 +270,12 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
         stats = train_one_epoch(net, loader, loss_fn, opt, sched, precision, progress=bar,
                                 on_step=on_step, stop_requested=stop)
         bar.close()
+        if dist_info.enabled:  # the epoch's loss over every rank's samples, not rank 0's alone
+            parts = distributed.gather_objects(dist_info, (stats["loss"] * stats["samples"], stats["samples"],
+                                                           stats["samples_per_s"]))
+            seen = sum(p[1] for p in parts)
+            stats.update(loss=sum(p[0] for p in parts) / max(1, seen), samples=seen,
+                         samples_per_s=sum(p[2] for p in parts))
         state["batches_done"] = base + stats["steps"]
         if stats["stopped"]:
             save(dist_info, checkpoint("last"), paths.last)
@@ -260,10 +305,11 @@ def _train(cfg, recipe, device, dist_info, paths) -> dict:
             append_jsonl(paths.metrics, line)
             reports.progress(cfg, "running", epoch=epoch_index + 1, epochs=len(phases), main=True,
                              best_auc=state["best_auc"], collapsed=metrics["collapse"]["collapsed"])
-    return finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths, dist_info, state)
+    return finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths, dist_info, state, stop)
 
 
-def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths, dist_info, state) -> dict:
+def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths, dist_info, state,
+           stop: StopFlag | None = None) -> dict:
     """Best weights -> temperature on validation logits -> test report (Celeb-DF) -> student file."""
     best = distributed.broadcast_object(dist_info, load_checkpoint(paths.best, cfg.model)
                                         if dist_info.main else None)
@@ -275,10 +321,13 @@ def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths
     best["metrics"] = dict(best["metrics"], calibrated=calibrated, temperature=temperature)
     final = {"stage": cfg.stage, "temperature": temperature, "val": calibrated,
              "best_val_video_auc": state["best_auc"], "collapsed": calibrated["collapse"]["collapsed"],
-             "init_fingerprint": best.get("init_fingerprint")}
+             "init_fingerprint": best.get("init_fingerprint"),
+             "data": data_summary(records, cache, state["skipped"], skipped_path(paths))}
     test_records = [r for r in records if r.split == "test"]
     if recipe.dataset == "celebdf" and test_records:
-        sd.ensure_cached(test_records, cache, cfg, dist_info, "test list (report only)")
+        sd.ensure_cached(test_records, cache, cfg, dist_info, "test list (report only)", stop)
+        if stop is not None:
+            stop.check_extraction()
         test_set = sd.samples_for(test_records, cache, cfg, recipe, train=False)
         t_ids, t_labels, t_logits = predict(net, sd.eval_loader(test_set, cfg, dist_info, precision.device),
                                             precision, dist_info)
@@ -296,6 +345,10 @@ def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths
         reports.progress(cfg, "collapsed" if final["collapsed"] else "done", epoch=len(state["history"]),
                          epochs=len(state["history"]), main=True, best_auc=state["best_auc"],
                          collapsed=final["collapsed"])
+    d = final["data"]
+    log.info("data: %d videos, %d skipped (%s)%s, %d with an audio track that failed to decode", d["videos"],
+             sum(d["skipped"].values()), ", ".join(f"{k} {v}" for k, v in sorted(d["skipped"].items())) or "none",
+             f", listed in {d['skipped_list']}" if d["skipped_list"] else "", d["audio_failed"])
     log.info("done: best validation video AUC %.4f, temperature %.3f, checkpoint %s",
              state["best_auc"], temperature, paths.best)
     return final
@@ -337,10 +390,40 @@ def missing_rels(records, cache) -> set[str]:
     return {r.rel for r in records if not cache.is_complete(r.rel)}
 
 
-def write_skipped(path: Path, rels: list[str], dist_info) -> None:
+def skipped_path(paths) -> Path:
+    """<m>_<stage>.skipped.txt beside the metrics."""
+    return paths.metrics.with_suffix("").with_suffix(".skipped.txt")
+
+
+def skip_reason(cache, rel: str) -> str:
+    """'bad_video: <why>' / 'no_face: <why>' from the cache's skip marker, else a failed extraction."""
+    try:
+        marker = json.loads(cache.paths(rel)["skip"].read_text())
+        return " ".join(f"{marker['reason']}: {marker.get('detail', '')}".split())
+    except (OSError, ValueError, KeyError, TypeError):
+        return "failed: extraction error (logged above); retried on the next run"
+
+
+def write_skipped(path: Path, rels: list[str], dist_info, cache=None) -> None:
+    """One line per skipped video: its rel, a tab, the reason."""
     if dist_info.main and rels:
         from common.checkpoints import atomic_write
-        atomic_write(path, lambda f: f.write("\n".join(rels) + "\n"), mode="w")
+        lines = [rel if cache is None else f"{rel}\t{skip_reason(cache, rel)}" for rel in rels]
+        atomic_write(path, lambda f: f.write("\n".join(lines) + "\n"), mode="w")
+
+
+def data_summary(records, cache, skipped: list[str], skipped_file: Path) -> dict:
+    """What the run could not use: skipped videos by reason, tracks whose audio failed."""
+    used = [r for r in records if r.split in ("train", "val")]
+    skipped = set(skipped)
+    reasons = Counter(skip_reason(cache, rel).split(":")[0] for rel in skipped)
+    audio_failed = 0
+    for r in used:
+        if r.has_audio and r.rel not in skipped:
+            meta = cache.meta(r.rel)
+            audio_failed += bool(meta) and meta.get("audio", {}).get("reason") == AUDIO_FAILED
+    return {"videos": len(used), "skipped": dict(reasons), "audio_failed": audio_failed,
+            "skipped_list": str(skipped_file) if skipped else None}
 
 
 def append_jsonl(path: Path, line: dict) -> None:
@@ -356,6 +439,13 @@ def check_writable(directory: Path) -> None:
         raise UserError(f"cannot create --checkpoint-dir {directory}: {e.strerror}") from e
     if not os.access(directory, os.W_OK):
         raise UserError(f"--checkpoint-dir {directory} is not writable")
+
+
+def remove_stale_temps(paths) -> None:
+    """Temp files of checkpoint writes that a killed run left behind (never read; only tidied)."""
+    for target in (paths.best, paths.last):
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def save(dist_info, obj: dict, path: Path) -> None:

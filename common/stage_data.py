@@ -63,11 +63,13 @@ def make_cache(cfg, recipe) -> FaceCache:
                      detector=cfg.face_detector)
 
 
-def ensure_cached(records: Sequence, cache: FaceCache, cfg, dist_info, what: str) -> dict:
-    """Extract faces for `records` (sharded over ranks), then wait for every rank."""
+def ensure_cached(records: Sequence, cache: FaceCache, cfg, dist_info, what: str, stop=None) -> dict:
+    """Extract faces for `records` (sharded over ranks), then wait for every rank.
+    `stop` (a StopFlag) ends the extraction early after a SIGTERM; the caller checks it."""
     summary = build_face_cache(list(records), cache, workers=cfg.workers,
                                shard=(dist_info.rank, dist_info.world),
-                               face_model=cfg.face_model, progress=dist_info.main)
+                               face_model=cfg.face_model, progress=dist_info.main,
+                               should_stop=None if stop is None else (lambda: stop.raised))
     distributed.barrier(dist_info)
     log.info("face cache for %s: %s", what, {k: v for k, v in summary.items() if k != "failed"})
     return summary

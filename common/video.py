@@ -94,8 +94,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             n_frames = int(round(duration * fps))
         if n_frames <= 0:
             # Neither a frame count nor a duration in the header: count the packets.
-            n_frames = sum(1 for p in container.demux(stream) if p.size)
-            container.seek(0)
+            try:
+                n_frames = sum(1 for p in container.demux(stream) if p.size)
+            except _DECODE_ERRORS as exc:
+                raise BadVideoError(path, f"unreadable packets ({_reason(exc)})") from None
+            # Reopen rather than seek(0): raw streams (e.g. bare H.264) cannot seek back.
+            container.close()
+            container = _open(path)
+            stream = container.streams.video[0]
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
         # Decode one frame: headers can be fine while the payload is garbage.
         try:
@@ -118,9 +124,20 @@ def iter_frames(path: str | os.PathLike,
     """Yield (index, HxWx3 RGB uint8) for each wanted index, in increasing order.
 
     Indices past the real end of the video are simply not yielded; a decode error part
-    way through (a truncated file) ends the iteration the same way. After a seek the
-    position comes from the timestamp ((pts - start) * time_base * fps): exact for the
-    constant frame rate of these datasets, approximate for variable-rate files.
+    way through (a truncated file) ends the iteration the same way.
+    """
+    for idx, frame in iter_decoded(path, indices):
+        yield idx, frame.to_ndarray(format="rgb24")
+
+
+def iter_decoded(path: str | os.PathLike,
+                 indices: Iterable[int]) -> Iterator[tuple[int, av.VideoFrame]]:
+    """iter_frames without the colour conversion: (index, decoded av.VideoFrame).
+
+    For callers that need only part of a frame (a face crop, the luma plane for
+    detection): converting a whole 1080p frame to RGB costs more than decoding it. After
+    a seek the position comes from the timestamp ((pts - start) * time_base * fps): exact
+    for the constant frame rate of these datasets, approximate for variable-rate files.
     """
     wanted = sorted({int(i) for i in indices if int(i) >= 0})
     if not wanted:
@@ -143,8 +160,12 @@ def iter_frames(path: str | os.PathLike,
             if may_seek and cur is not None and target - cur > seek_gap and target != sought:
                 sought = target
                 # backward=True lands on the keyframe at or before the target's timestamp.
-                container.seek(start_pts + int(target / fps / time_base), stream=stream,
-                               backward=True, any_frame=False)
+                try:
+                    container.seek(start_pts + int(target / fps / time_base), stream=stream,
+                                   backward=True, any_frame=False)
+                except _DECODE_ERRORS:  # a demuxer that cannot seek: decode through instead
+                    may_seek = False
+                    continue
                 frames = container.decode(stream)
                 cur = None
             try:
@@ -167,7 +188,7 @@ def iter_frames(path: str | os.PathLike,
                     cur, may_seek = 0, False
                     continue
             if cur == target:
-                yield target, frame.to_ndarray(format="rgb24")
+                yield target, frame
                 k += 1
             cur += 1
     finally:
@@ -177,6 +198,82 @@ def iter_frames(path: str | os.PathLike,
 def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np.ndarray]:
     """{index: HxWx3 RGB uint8} for the wanted indices that exist in the video."""
     return dict(iter_frames(path, indices))
+
+
+# Formats whose planes are 8-bit Y, U, V with chroma halved both ways: what H.264 and
+# the other codecs of these datasets decode to. Other formats take the full-frame path.
+_YUV420 = ("yuv420p", "yuvj420p")
+
+
+def _plane(plane) -> np.ndarray:
+    """A decoded plane as a 2-D uint8 view (rows are line_size long; the padding is cut)."""
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane.height, :plane.width]
+
+
+def luma(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's Y plane as an HxW uint8 view (no copy, no conversion) for 8-bit 4:2:0
+    frames, else None. A grayscale image for a face detector, at no cost."""
+    if frame.format.name not in _YUV420:
+        return None
+    return _plane(frame.planes[0])
+
+
+class RegionConverter:
+    """RGB of one rectangle of a decoded frame, converted (and scaled) alone.
+
+    rgb() gives the same pixels as frame.to_ndarray(format="rgb24")[y0:y1, x0:x1] (same
+    libswscale conversion, same colour matrix and range, chroma taken from the same
+    samples) at the cost of the rectangle instead of the frame; resized() also scales it
+    in the same swscale pass. One converter keeps its swscale context between calls.
+    """
+
+    def __init__(self) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
+
+    @staticmethod
+    def _blocks(frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int):
+        """The rectangle grown to whole 2x2 blocks (even start and size, so each block keeps
+        its own chroma sample and swscale treats it as it treats the frame), or None when
+        that is not possible (not 8-bit 4:2:0, or it would leave an odd-sized frame)."""
+        if not (0 <= x0 < x1 <= frame.width and 0 <= y0 < y1 <= frame.height):
+            raise ValueError(f"region {(x0, y0, x1, y1)} is not inside a "
+                             f"{frame.width}x{frame.height} frame")
+        ex0, ey0, ex1, ey1 = x0 & ~1, y0 & ~1, x1 + (x1 & 1), y1 + (y1 & 1)
+        if frame.format.name not in _YUV420 or ex1 > frame.width or ey1 > frame.height:
+            return None
+        return ex0, ey0, ex1, ey1
+
+    @staticmethod
+    def _part(frame: av.VideoFrame, ex0: int, ey0: int, ex1: int, ey1: int) -> av.VideoFrame:
+        part = av.VideoFrame(ex1 - ex0, ey1 - ey0, frame.format.name)
+        for k, src in enumerate(frame.planes):
+            s = 0 if k == 0 else 1  # chroma planes are subsampled by 2
+            _plane(part.planes[k])[:] = _plane(src)[ey0 >> s:ey1 >> s, ex0 >> s:ex1 >> s]
+        part.colorspace, part.color_range = frame.colorspace, frame.color_range
+        return part
+
+    def rgb(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """uint8 [y1-y0, x1-x0, 3]; the rectangle must lie inside the frame."""
+        blocks = self._blocks(frame, x0, y0, x1, y1)
+        if blocks is None:
+            return frame.to_ndarray(format="rgb24")[y0:y1, x0:x1]
+        ex0, ey0 = blocks[:2]
+        rgb = self._reformatter.reformat(self._part(frame, *blocks), format="rgb24").to_ndarray()
+        return rgb[y0 - ey0:y1 - ey0, x0 - ex0:x1 - ex0]
+
+    def resized(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int,
+                width: int, height: int) -> np.ndarray | None:
+        """uint8 [height, width, 3]: the rectangle converted and scaled in one swscale pass
+        (area averaging when shrinking). Odd edges are moved out by one pixel to whole 2x2
+        blocks. None when the frame's format or size does not allow it (use rgb())."""
+        blocks = self._blocks(frame, x0, y0, x1, y1)
+        if blocks is None:
+            return None
+        out = self._reformatter.reformat(self._part(frame, *blocks), width=width, height=height,
+                                         format="rgb24", interpolation="AREA")
+        return out.to_ndarray()
 
 
 def count_frames(path: str | os.PathLike) -> int:

@@ -21,7 +21,7 @@ DATA = {"stage1_faceforensics": "faceforensics", "stage2_celebdf": "celebdf", "s
 STAGES = list(DATA)
 SMALL = ["--backbone", "mobilenet_v3_small", "--pretrained", "none", "--image-size", "32",
          "--frames-per-video", "2", "--clip-len", "3", "--epochs", "1", "--batch-size", "8",
-         "--workers", "0", "--max-videos", "6", "--device", "cpu", "--no-status", "--face-detector", "none"]
+         "--workers", "0", "--max-videos", "6", "--device", "cpu", "--no-status"]
 
 
 def args(root, work, stage, *extra):
