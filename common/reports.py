@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from common.checkpoints import atomic_write
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoints import load_checkpoint, save_checkpoint, stage_paths, weights_fingerprint
+from common.checkpoints import load_checkpoint, stage_paths, weights_fingerprint
 from common.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_stage
 from common.model import MODEL_NAMES, student_from_options
 

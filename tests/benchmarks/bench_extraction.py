@@ -1,0 +1,226 @@
+"""Face-cache extraction against decoding alone (the floor) and against a naive pipeline.
+
+    python -m tests.benchmarks.bench_extraction [--videos 1] [--rounds 3] [--seconds 10]
+
+Per video and round, side by side, order rotating:
+  decode   PyAV decodes every frame, converts none (what no extractor can beat)
+  extract  common.face_cache.extract_video: the real cache entry (N x T crops, boxes, json),
+           detecting the face at every sample point (a real video)
+  extract_reused  the same for a fake whose boxes come from its real (no detection): on
+           DFDC 84% of the videos; `mix` weighs the two as DFDC does
+  naive    decode every frame, convert it to RGB, Haar on the full-resolution frame, crop;
+           timed on the first --naive-frames frames and scaled to the whole video (the
+           full-resolution cascade takes a third of a second or more per frame: minutes
+           for the whole video)
+Targets: extract <= 2x decode; naive >= 5x extract. Also videos/hour/core from CPU time.
+Inputs: common.sample_data face videos, made once under --video-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks import _shared as S  # noqa: E402
+
+TARGET_VS_DECODE = 2.0
+TARGET_NAIVE_SPEEDUP = 5.0
+DFDC_VIDEOS = 120_000
+REAL_SHARE = 19_154 / 119_154  # DFDC training set: 19,154 reals, 100,000 fakes
+
+
+def decode_all(path: str) -> int:
+    """The floor: demux and decode every frame (threads as common.video uses them)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+
+
+def naive(path: str, n_first: int, detector, size: int) -> int:
+    """Decode, convert to RGB and detect on every frame at full resolution, crop the face."""
+    import av
+
+    from common.faces import crop_box, face_box
+
+    done = 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            rgb = frame.to_ndarray(format="rgb24")
+            box = face_box(rgb, detector)
+            crop_box(rgb, box or (0, 0, size, size), size)
+            done += 1
+            if done >= n_first:
+                break
+    return max(done, 1)
+
+
+def breakdown(path: str, cache, detector) -> dict:
+    """One instrumented pass over the needed frames: where the extraction time goes."""
+    import time
+
+    from common.face_cache import _Cropper
+    from common.video import iter_decoded, probe, sample_points
+
+    info = probe(path)
+    runs = sample_points(info.n_frames, cache.frames_per_video, cache.clip_len)
+    centres = {run[len(run) // 2] for run in runs}
+    needed = sorted({i for run in runs for i in run})
+    cropper = _Cropper(detector, cache.crop_size)
+    t = {"decode_needed_s": 0.0, "detect_s": 0.0, "crop_s": 0.0}
+    box = None
+    frames = iter_decoded(path, needed)
+    while True:
+        t0 = time.perf_counter()
+        item = next(frames, None)
+        t["decode_needed_s"] += time.perf_counter() - t0
+        if item is None:
+            break
+        idx, frame = item
+        if idx in centres or box is None:
+            t0 = time.perf_counter()
+            box = cropper.box(frame) or box
+            t["detect_s"] += time.perf_counter() - t0
+        if box is not None:
+            t0 = time.perf_counter()
+            cropper.crop(frame, box)
+            t["crop_s"] += time.perf_counter() - t0
+    t.update(frames_needed=len(needed), frames_total=info.n_frames, detections=len(centres))
+    return t
+
+
+def run(args) -> dict:
+    import cv2
+
+    from common.face_cache import FaceCache, extract_video
+    from common.faces import HaarDetector, make_detector
+    from common.video import probe
+
+    cv2.setNumThreads(args.cv2_threads)  # the extraction workers run with one OpenCV thread
+    videos = [S.ensure_video(args.video_dir, i, args.width, args.height, args.seconds, args.fps,
+                             args.face_px) for i in range(args.videos)]
+    detector = make_detector(args.detector, max_side=args.detect_max_side)
+    full_res = HaarDetector(max_side=0)  # the naive pipeline: no downscaling
+    tmp = tempfile.TemporaryDirectory(prefix="bench_extract_")
+    cache = FaceCache(tmp.name, "bench", args.image_size, args.frames_per_video, args.clip_len,
+                      args.detector)
+    per_video = []
+    for k, path in enumerate(videos):
+        info = probe(path)
+        real = SimpleNamespace(path=str(path), rel=f"bench/{path.name}", label=0,
+                               has_audio=False, source=None)
+        fake = SimpleNamespace(path=str(path), rel=f"bench/fake_{path.name}", label=1,
+                               has_audio=False, source=real.rel)
+        source_meta = extract_video(real, cache, detector, decode_audio=False)  # warm-up too
+        fns = {
+            "decode": lambda p=str(path): decode_all(p),
+            "extract": lambda r=real: extract_video(r, cache, detector, decode_audio=False),
+            "extract_reused": lambda r=fake, m=source_meta: extract_video(
+                r, cache, detector, decode_audio=False, source_meta=m),
+            "naive": lambda p=str(path): naive(p, args.naive_frames, full_res, args.image_size),
+        }
+        res = S.interleaved(fns, args.rounds)
+        scale = info.n_frames / res["naive"]["result"][0]
+        wall = {name: r["wall"] for name, r in res.items()}
+        cpu = {name: r["cpu"] for name, r in res.items()}
+        for d in (wall, cpu):
+            d["naive"] = [x * scale for x in d["naive"]]
+            d["mix"] = [REAL_SHARE * a + (1 - REAL_SHARE) * b
+                        for a, b in zip(d["extract"], d["extract_reused"])]
+        entry = {
+            "video": path.name, "n_frames": info.n_frames, "size": f"{info.width}x{info.height}",
+            "seconds_median": {name: S.median(v) for name, v in wall.items()},
+            "cpu_seconds_median": {name: S.median(v) for name, v in cpu.items()},
+            "extract_vs_decode": S.paired_ratio(wall["extract"], wall["decode"]),
+            "extract_reused_vs_decode": S.paired_ratio(wall["extract_reused"], wall["decode"]),
+            "mix_vs_decode": S.paired_ratio(wall["mix"], wall["decode"]),
+            "naive_vs_extract": S.paired_ratio(wall["naive"], wall["extract"]),
+            "extract_vs_decode_cpu": S.paired_ratio(cpu["extract"], cpu["decode"]),
+            "extract_reused_vs_decode_cpu": S.paired_ratio(cpu["extract_reused"], cpu["decode"]),
+            "mix_vs_decode_cpu": S.paired_ratio(cpu["mix"], cpu["decode"]),
+            "naive_vs_extract_cpu": S.paired_ratio(cpu["naive"], cpu["extract"]),
+            "rounds_extract_vs_decode": [a / b for a, b in zip(wall["extract"], wall["decode"])],
+        }
+        if k == 0 and not args.no_breakdown:
+            entry["breakdown_s"] = breakdown(str(path), cache, detector)
+        per_video.append(entry)
+    tmp.cleanup()
+
+    def med(key: str) -> float:
+        return S.median([v[key] for v in per_video])
+
+    cpu_real = S.median([v["cpu_seconds_median"]["extract"] for v in per_video])
+    cpu_mix = S.median([v["cpu_seconds_median"]["mix"] for v in per_video])
+    figures = {key: med(key) for key in (
+        "extract_vs_decode", "extract_reused_vs_decode", "mix_vs_decode", "naive_vs_extract",
+        "extract_vs_decode_cpu", "extract_reused_vs_decode_cpu", "mix_vs_decode_cpu",
+        "naive_vs_extract_cpu")}
+    figures.update({
+        "videos_per_hour_per_core_real": 3600.0 / cpu_real,
+        "videos_per_hour_per_core_dfdc_mix": 3600.0 / cpu_mix,
+        "core_hours_for_120k_dfdc_videos": DFDC_VIDEOS * cpu_mix / 3600.0,
+    })
+    return S.rounded({
+        "benchmark": "extraction",
+        "figures": figures,
+        "targets": {"extract_vs_decode_max": TARGET_VS_DECODE,
+                    "naive_vs_extract_min": TARGET_NAIVE_SPEEDUP},
+        "pass": {"extract_vs_decode (every video detected)":
+                 figures["extract_vs_decode"] <= TARGET_VS_DECODE,
+                 "mix_vs_decode (DFDC: fakes reuse their real's boxes)":
+                 figures["mix_vs_decode"] <= TARGET_VS_DECODE,
+                 "naive_vs_extract": figures["naive_vs_extract"] >= TARGET_NAIVE_SPEEDUP},
+        "videos": per_video,
+        "conditions": S.conditions(
+            frames_per_video=args.frames_per_video, clip_len=args.clip_len,
+            image_size=args.image_size, detector=args.detector,
+            detect_max_side=args.detect_max_side, video=f"{args.width}x{args.height} H.264 "
+            f"yuv420p, {args.seconds:g} s at {args.fps:g} fps, a face in frame",
+            audio="off (video path only)", rounds=args.rounds, naive_frames=args.naive_frames,
+            cv2_threads_set=args.cv2_threads, pyav_threads="AUTO",
+            dfdc_real_share=REAL_SHARE,
+            notes="ratios: median over rounds of paired (same-round) ratios; *_cpu: CPU time of "
+                  "the process (all threads); mix = real_share x extract + rest x extract_reused; "
+                  "videos_per_hour_per_core = 3600 / CPU seconds per video"),
+    })
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_extraction",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--video-dir", default=S.DEFAULT_VIDEO_DIR,
+                    help="where the synthetic videos are made once and reused")
+    ap.add_argument("--videos", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--face-px", type=int, default=None, help="face size (default 0.3 x height)")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--frames-per-video", type=int, default=32)
+    ap.add_argument("--clip-len", type=int, default=8)
+    ap.add_argument("--detector", default="haar", choices=("haar", "none"))
+    ap.add_argument("--detect-max-side", type=int, default=640)
+    ap.add_argument("--naive-frames", type=int, default=6,
+                    help="frames the naive pipeline is timed on (then scaled to the video)")
+    ap.add_argument("--cv2-threads", type=int, default=1)
+    ap.add_argument("--no-breakdown", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return S.emit(run(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
