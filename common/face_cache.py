@@ -49,8 +49,9 @@ class CacheWriteError(UserError):
 
 
 def cache_key(dataset: str, crop_size: int, frames_per_video: int, clip_len: int,
-              detector: str) -> str:
-    return f"{dataset}_s{crop_size}_n{frames_per_video}_t{clip_len}_{detector}"
+              detector: str, preprocessing: str = "none") -> str:
+    key = f"{dataset}_s{crop_size}_n{frames_per_video}_t{clip_len}_{detector}"
+    return key if preprocessing == "none" else f"{key}_{preprocessing}"
 
 
 def video_key(rel: str) -> str:
@@ -96,11 +97,14 @@ class FaceCache:
     """Reader (and target) of one dataset's face cache folder."""
 
     def __init__(self, root: str | os.PathLike, dataset: str, crop_size: int = 224,
-                 frames_per_video: int = 32, clip_len: int = 8, detector: str = "haar"):
+                 frames_per_video: int = 32, clip_len: int = 8, detector: str = "haar",
+                 preprocessing: str = "none"):
         self.root = Path(root)
         self.dataset, self.detector = dataset, detector
         self.crop_size, self.frames_per_video, self.clip_len = crop_size, frames_per_video, clip_len
-        self.key = cache_key(dataset, crop_size, frames_per_video, clip_len, detector)
+        # CLAHE / bilateral are deterministic: applied once here, not per sample in every epoch.
+        self.preprocessing = preprocessing
+        self.key = cache_key(dataset, crop_size, frames_per_video, clip_len, detector, preprocessing)
         self.dir = self.root / self.key
 
     @property
@@ -282,6 +286,11 @@ def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = 
                 Path(stale).unlink(missing_ok=True)
         p["meta"].unlink(missing_ok=True)
         p["skip"].unlink(missing_ok=True)
+        if cache.preprocessing != "none":
+            from common.preprocess import apply_preprocessing  # torch-free workers unless needed
+
+            crops = apply_preprocessing(crops.reshape(-1, *crops.shape[2:]),
+                                        cache.preprocessing).reshape(crops.shape)
         _atomic_write(p["crops"], lambda f: np.save(f, crops))
         if mel is not None:
             _atomic_write(p["mel"], lambda f: np.save(f, mel))
@@ -295,7 +304,7 @@ def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = 
             "fps": info.fps, "n_frames": int(n_frames), "width": info.width,
             "height": info.height, "duration_s": info.duration_s, "crop_size": cache.crop_size,
             "clip_len": cache.clip_len, "frames_per_video": cache.frames_per_video,
-            "detector": cache.detector, "audio": audio,
+            "detector": cache.detector, "preprocessing": cache.preprocessing, "audio": audio,
             "seconds": round(time.perf_counter() - t0, 4),
         }
         _write_json(p["meta"], meta)  # the commit point

@@ -199,6 +199,15 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _preprocessing(choice: str, dataset: str) -> str:
+    """The cache's preprocessing: the one the dataset's training stage reads, unless told."""
+    if choice != "stage":
+        return choice
+    from common.recipes import RECIPES
+
+    return next(r.preprocessing for r in RECIPES.values() if r.dataset == dataset)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m common.faces",
@@ -217,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="worker processes (0 = in this process)")
     parser.add_argument("--shard", default="0/1",
                         help="I/N: this machine extracts shard I of N (videos split by source)")
+    parser.add_argument("--preprocessing", choices=("stage", "none", "clahe", "clahe_bilateral"),
+                        default="stage", help="stored with the crops; 'stage' = what the dataset's "
+                        "training stage uses (FF++ none, Celeb-DF clahe, DFDC clahe_bilateral)")
     parser.add_argument("--no-audio", action="store_true", help="skip the log-mel extraction")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -235,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             make_detector("yunet", args.face_model)  # fail on a bad model before indexing
         records = index_dataset(args.dataset, args.data)
         cache = face_cache.FaceCache(args.cache_dir, args.dataset, args.image_size,
-                                     args.frames_per_video, args.clip_len, args.face_detector)
+                                     args.frames_per_video, args.clip_len, args.face_detector,
+                                     _preprocessing(args.preprocessing, args.dataset))
         summary = face_cache.build_face_cache(
             records, cache, workers=args.workers, shard=shard, decode_audio=not args.no_audio,
             progress=not args.no_progress, face_model=args.face_model,

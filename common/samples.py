@@ -46,7 +46,7 @@ class FaceSamples(Dataset):
         self.transform = transform
         self.with_audio = with_audio
         self.videos: list = []      # (record, fps, centre frame index per point, audio present)
-        self.items: list[tuple[int, int]] = []
+        points: list[int] = []      # sample points per video
         self._offsets: list = []    # where each video's crops start in its .npy (None: use np.load)
         self.missing = 0
         for rec in records:
@@ -60,20 +60,25 @@ class FaceSamples(Dataset):
             mid = crops.shape[1] // 2
             centres = [int(run[mid]) for run in meta["frame_indices"]]
             audio = bool(meta.get("audio", {}).get("present", False))
-            v = len(self.videos)
             self.videos.append((rec, float(meta["fps"]), centres, audio))
             self._offsets.append(int(crops.offset) if isinstance(crops, np.memmap)
                                  and crops.flags.c_contiguous else None)
-            self.items.extend((v, p) for p in range(crops.shape[0]))
-        self.labels = [self.videos[v][0].label for v, _ in self.items]
+            points.append(crops.shape[0])
+        # Items as two flat arrays, not a list of tuples: 120k videos x 32 points stay a few
+        # MB per DataLoader worker instead of hundreds.
+        self.item_video = np.repeat(np.arange(len(points), dtype=np.int32), points)
+        self.item_point = np.concatenate([np.arange(n, dtype=np.int16) for n in points]) \
+            if points else np.zeros(0, dtype=np.int16)
+        self.labels = np.array([self.videos[v][0].label for v in range(len(points))],
+                               dtype=np.int64)[self.item_video]
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.item_video)
 
     def __getitem__(self, key) -> dict:
         _one_opencv_thread_in_workers()
         index, seed = key if isinstance(key, tuple) else (key, None)
-        v, point = self.items[index]
+        v, point = int(self.item_video[index]), int(self.item_point[index])
         rec, fps, centres, audio_present = self.videos[v]
         frames = self._frames(v, rec.rel, point)
         if seed is None:
@@ -132,7 +137,7 @@ class EpochSampler(Sampler):
 
     def __init__(self, labels: Sequence[int], *, seed: int, shuffle: bool = True,
                  balanced: bool = False, rank: int = 0, world: int = 1):
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.seed, self.shuffle, self.balanced = seed, shuffle, balanced
         self.rank, self.world = rank, world
         self.epoch = 0

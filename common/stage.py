@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -247,7 +248,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
             state["skipped"] = sorted(set(state["skipped"]) | missing_rels(train_records, cache))
             write_skipped(skipped_file, state["skipped"], dist_info, cache)
             sd.check_bad_fraction(train_set, len(train_records), cfg.max_bad_fraction, "train", skipped_file)
-            counts = [train_set.labels.count(0), train_set.labels.count(1)]
+            counts = np.bincount(train_set.labels, minlength=2).tolist()
             loss_fn = build_loss(recipe.loss, class_counts=counts)
             loader, sampler = sd.train_loader(train_set, cfg, recipe, dist_info, device)
         epoch_index = state["phase"]

@@ -60,7 +60,7 @@ def cap_per_split(records: Sequence, max_videos: int | None, seed: int,
 def make_cache(cfg, recipe) -> FaceCache:
     return FaceCache(cfg.cache_dir, recipe.dataset, crop_size=cfg.image_size,
                      frames_per_video=cfg.frames_per_video, clip_len=cfg.clip_len,
-                     detector=cfg.face_detector)
+                     detector=cfg.face_detector, preprocessing=recipe.preprocessing)
 
 
 def ensure_cached(records: Sequence, cache: FaceCache, cfg, dist_info, what: str, stop=None) -> dict:
@@ -86,8 +86,9 @@ def check_bad_fraction(dataset: FaceSamples, total: int, limit: float, split: st
 
 def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool) -> FaceSamples:
     clip = cfg.clip_len if cfg.model in CLIP_MODELS else 1
+    # The cache already holds the stage's CLAHE / bilateral output (FaceCache.preprocessing).
     transform = ClipTransform(recipe.augmentation if train else "none", cfg.image_size, train=train,
-                              preprocessing=recipe.preprocessing)
+                              preprocessing="none")
     return FaceSamples(records, cache, clip_len=clip, transform=transform, with_audio=cfg.model == "av")
 
 

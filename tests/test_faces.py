@@ -213,7 +213,7 @@ def test_cli_extracts_a_dataset_and_rejects_bad_flags(tmp_path, capsys):
             "--image-size", "32", "--frames-per-video", "2", "--clip-len", "2",
             "--workers", "0", "--no-progress", "--no-audio"]
     assert main(args) == 0
-    key_dir = out / "celebdf_s32_n2_t2_haar"
+    key_dir = out / "celebdf_s32_n2_t2_haar_clahe"  # Celeb-DF trains on CLAHE crops
     assert len(list(key_dir.glob("*.json"))) >= 6 and "extracted" in capsys.readouterr().out
     assert main(args) == 0 and " 0 extracted" in capsys.readouterr().out
     for bad in (["--shard", "2/2"], ["--shard", "x"], ["--face-detector", "yunet"]):

@@ -467,7 +467,7 @@ def test_each_bad_file_is_skipped_with_its_reason_or_used(corrupt):
     final = metric_lines(work, stage="stage4_dfdc")[-1]["final"]
     assert final["data"]["skipped"] == {"bad_video": 4, "no_face": 1}
     assert final["data"]["audio_failed"] == 1
-    cache = FaceCache(work / "cache", "dfdc", 32, 2, 3, "haar")
+    cache = FaceCache(work / "cache", "dfdc", 32, 2, 3, "haar", preprocessing="clahe_bilateral")
     used = {n: cache.meta(f"dfdc_train_part_0/{n}") for n, why in bad.items() if why is None}
     assert all(m is not None for m in used.values()), used
     prefix = next(iter(bad))[0]

@@ -77,3 +77,20 @@ def test_one_augmentation_draw_per_clip_and_seeded(tmp_path):
         assert torch.equal(a[0], a[i])
     assert torch.equal(a, ds[(0, 123)]["frames"])        # same seed, same draw
     assert not torch.equal(a, ds[(0, 124)]["frames"])    # another seed, another draw
+
+
+def test_stage_preprocessing_is_stored_once_in_its_own_cache(sample_root, tmp_path):
+    from common.preprocess import apply_preprocessing
+
+    rec = [r for r in index_dataset("celebdf", sample_root / "celebdf") if r.split == "train"][0]
+    plain = FaceCache(tmp_path, "celebdf", crop_size=32, frames_per_video=2, clip_len=3, detector="haar")
+    clahe = FaceCache(tmp_path, "celebdf", crop_size=32, frames_per_video=2, clip_len=3, detector="haar",
+                      preprocessing="clahe")
+    assert plain.dir != clahe.dir and clahe.dir.name.endswith("_clahe")
+    for cache in (plain, clahe):
+        build_face_cache([rec], cache, progress=False)
+    raw, _ = plain.entry(rec.rel)
+    done, meta = clahe.entry(rec.rel)
+    assert meta["preprocessing"] == "clahe"
+    expected = apply_preprocessing(np.array(raw).reshape(-1, 32, 32, 3), "clahe").reshape(raw.shape)
+    assert np.array_equal(np.array(done), expected) and not np.array_equal(np.array(done), np.array(raw))

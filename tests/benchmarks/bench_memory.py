@@ -32,6 +32,7 @@ DFDC_VIDEOS = 120_000
 def child_train(args, n: int) -> dict:
     import tracemalloc
 
+    import numpy as np
     import torch
     from torch.utils.data import DataLoader
 
@@ -53,13 +54,13 @@ def child_train(args, n: int) -> dict:
     tracemalloc.start()  # the index: what FaceSamples keeps in Python objects
     ds = FaceSamples(records, cache, clip_len=1,
                      transform=ClipTransform(recipe.augmentation, args.image_size, train=True,
-                                             preprocessing=recipe.preprocessing))
+                                             preprocessing="none"))  # as stage_data: done at extraction
     index_mb = tracemalloc.get_traced_memory()[0] / 2**20
     tracemalloc.stop()
     sampler = EpochSampler(ds.labels, seed=0)
     loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=0)
     opt, sched = make_optimizer(model, recipe.lr, recipe.weight_decay, len(loader), 0.05)
-    loss_fn = build_loss("weighted_ce", class_counts=[ds.labels.count(0), ds.labels.count(1)])
+    loss_fn = build_loss("weighted_ce", class_counts=np.bincount(ds.labels, minlength=2).tolist())
     stats = train_one_epoch(model, loader, loss_fn, opt, sched,
                             make_precision(torch.device("cpu"), amp=False))
     return {"videos": n, "samples": stats["samples"], "steps": stats["steps"],
