@@ -157,5 +157,6 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, precision: Precision,
     ids, labels, logits = predict(model, loader, precision, dist_info)
     y = torch.tensor(labels, dtype=torch.long)
     metrics = evaluate(ids, labels, logits)
-    metrics["loss"] = float(loss_fn(logits, y)) if len(labels) else math.nan
+    dev = precision.device  # where the loss's class weights live
+    metrics["loss"] = float(loss_fn(logits.to(dev), y.to(dev))) if len(labels) else math.nan
     return metrics, (ids, y, logits)

@@ -93,8 +93,9 @@ def build_model(cfg, start: str, ckpt: dict | None):
 class StopFlag:
     """Set by SIGINT/SIGTERM; checked after each optimiser step (agreed across ranks)."""
 
-    def __init__(self, dist_info):
+    def __init__(self, dist_info, device: torch.device = torch.device("cpu")):
         self.dist_info, self.raised = dist_info, False
+        self.device = device  # NCCL reduces CUDA tensors only
         self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def close(self) -> None:
@@ -112,7 +113,7 @@ class StopFlag:
         """Whether a signal reached any rank (a collective under torchrun: all ranks call it)."""
         if not self.dist_info.enabled:
             return self.raised
-        flag = torch.tensor([1.0 if self.raised else 0.0])
+        flag = torch.tensor([1.0 if self.raised else 0.0], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -146,7 +147,7 @@ def train_stage(cfg) -> dict:
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
     paths = stage_paths(cfg.checkpoint_dir, cfg.model, cfg.stage)
-    stop = StopFlag(dist_info)
+    stop = StopFlag(dist_info, device)
     try:
         return _train(cfg, recipe, device, dist_info, paths, stop)
     except (NonFiniteLossError, sd.TooManyBadVideos, CheckpointWriteError, CacheWriteError) as e:
@@ -249,7 +250,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
             write_skipped(skipped_file, state["skipped"], dist_info, cache)
             sd.check_bad_fraction(train_set, len(train_records), cfg.max_bad_fraction, "train", skipped_file)
             counts = np.bincount(train_set.labels, minlength=2).tolist()
-            loss_fn = build_loss(recipe.loss, class_counts=counts)
+            loss_fn = build_loss(recipe.loss, class_counts=counts).to(device)  # class weights too
             loader, sampler = sd.train_loader(train_set, cfg, recipe, dist_info, device)
         epoch_index = state["phase"]
         sampler.set_epoch(epoch_index, skip=state["batches_done"] * cfg.batch_size)

@@ -2,6 +2,11 @@
 import os
 
 import pytest
+import torch
+
+# One intra-op thread for the whole suite: its tensors are tiny, and on a 2-core machine two
+# spinning OpenMP threads stall each other (and anything else running) far more than they help.
+torch.set_num_threads(1)
 
 # Point torch's weight cache at an empty place so a stray `pretrained="imagenet"` fails
 # loudly instead of quietly using (or downloading) weights.

@@ -9,16 +9,6 @@ import pytest
 from tests.benchmarks import bench_engine, bench_extraction, bench_loader, bench_memory
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A shared 2-core box: extra torch threads spin on cores other processes hold."""
-    import torch
-
-    old = torch.get_num_threads()
-    yield
-    torch.set_num_threads(old)
-
-
 def check(result: dict, name: str) -> None:
     assert result["benchmark"] == name
     assert result["conditions"]["cpu_count"] >= 1

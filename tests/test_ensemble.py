@@ -33,16 +33,6 @@ SETTINGS = ensemble.Settings(image_size=32, frames_per_video=2, clip_len=3, dete
 SPLIT_SEED = 42  # the stage scripts' default seed, which the fit uses to redraw the split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads spinning against each other
-    make these tiny forward passes ~10x slower. Restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _student(name: str, seed: int, constant: bool = False):
     torch.manual_seed(seed)
     model = build_student(name, backbone="mobilenet_v3_small", pretrained="none", clip_len=3)

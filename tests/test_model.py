@@ -12,15 +12,6 @@ S = 64
 BACKBONE = "mobilenet_v3_small"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core box: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def batch(name, b=2, t=3):
     frames = torch.randn(b, t if name in CLIP_MODELS else 1, 3, S, S)
     return frames, torch.randn(b, 1, 64, 32), torch.tensor([0.0, 1.0])[:b]

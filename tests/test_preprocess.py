@@ -8,15 +8,6 @@ from common.preprocess import (IMAGENET_MEAN, IMAGENET_STD, ClipTransform, apply
                                clahe)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core box: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def low_contrast(h=64, w=64):
     """A dull grey texture: all values within a few levels of 128."""
     rng = np.random.default_rng(0)

@@ -10,15 +10,6 @@ EXPECTED = {"bg": (44, 2156), "av": (48, 2352), "cm": (40, 1960), "rr": (36, 176
 B, T, S = 2, 4, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core box: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def run(name, module, clip, mel=None, missing=None):
     if name == "av":
         return module(clip, mel if mel is not None else torch.randn(clip.shape[0], 1, 64, 32),
