@@ -151,3 +151,36 @@ def test_torchrun_two_processes_write_one_set_of_files(sample_root, tmp_path):
     assert not [n for n in names if n.endswith(".tmp")]
     lines = stage_paths(ck, "bg", "stage1_faceforensics").metrics.read_text().splitlines()
     assert len([x for x in lines if '"epoch"' in x]) == 1  # rank 0 alone wrote the metrics
+
+
+def test_dfdc_resume_continues_in_the_chunk_where_it_stopped(chained, sample_root, tmp_path, monkeypatch):
+    """Stopped after one step of chunk 1 (the second chunk): --resume finishes that chunk and
+    ends with the uninterrupted run's weights; the metrics show the chunks in the given order."""
+    import common.stage as stage_mod
+
+    work, _ = chained
+    extra = ["--init", str(stage_paths(work / "ck", "tm", "stage2_celebdf").best), "--frames-per-video", "4"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run_stage("tm", "stage4_dfdc", args(sample_root, straight, "stage4_dfdc", *extra)) == 0
+
+    real, epochs = stage_mod.train_one_epoch, {"n": 0}
+
+    def stop_in_second_chunk(*a, **kw):
+        epochs["n"] += 1
+        if epochs["n"] == 2:
+            kw["stop_requested"] = lambda: True  # after the first step, as a SIGTERM would
+        return real(*a, **kw)
+
+    monkeypatch.setattr(stage_mod, "train_one_epoch", stop_in_second_chunk)
+    assert run_stage("tm", "stage4_dfdc", args(sample_root, broken, "stage4_dfdc", *extra)) == EXIT_INTERRUPTED
+    paths = stage_paths(broken / "ck", "tm", "stage4_dfdc")
+    assert load_checkpoint(paths.last)["position"]["phase"] == 1
+    assert load_checkpoint(paths.last)["position"]["batches_done"] == 1
+    monkeypatch.undo()
+    assert run_stage("tm", "stage4_dfdc", args(sample_root, broken, "stage4_dfdc", *extra, "--resume")) == 0
+    chunks = [json.loads(x).get("chunk") for x in paths.metrics.read_text().splitlines() if '"epoch"' in x]
+    assert chunks == [0, 1]
+    a = _weights(stage_paths(straight / "ck", "tm", "stage4_dfdc").last)
+    b = _weights(paths.last)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
