@@ -18,6 +18,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from common.errors import UserError
+from common.preprocess import normalisation_constants, normalize_uint8
 from common.specialists import SPECIALISTS
 
 MODEL_NAMES = ("bg", "av", "cm", "rr", "tm")
@@ -122,6 +123,10 @@ class StudentModel(nn.Module):
         self.specialist = specialist
         self.backbone_dim = backbone_dim
         self.specialist_dim = specialist.out_channels * 7 * 7
+        # uint8 frames (what the training DataLoader sends) are normalised here, on the device.
+        scale, shift = normalisation_constants()
+        self.register_buffer("pixel_scale", scale, persistent=False)
+        self.register_buffer("pixel_shift", shift, persistent=False)
         width = backbone_dim + self.specialist_dim
         # LayerNorm first: the backbone vector and the specialist map live on different scales.
         self.head = nn.Sequential(
@@ -143,6 +148,8 @@ class StudentModel(nn.Module):
             frames = frames.unsqueeze(1)
         if frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, S, S], got {tuple(frames.shape)}")
+        if frames.dtype == torch.uint8:
+            frames = normalize_uint8(frames, self.pixel_scale, self.pixel_shift)
         centre = frames[:, frames.shape[1] // 2]
         vec = self.pool(self.backbone(centre)).flatten(1)
         if self.name == "av":

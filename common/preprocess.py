@@ -145,15 +145,29 @@ class ClipAugment:
         return out
 
 
+def normalize_uint8(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> ImageNet-normalised float32, in one fused pass."""
+    return torch.addcmul(shift, x.float(), scale)
+
+
+def normalisation_constants(device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x * scale + shift == (x / 255 - mean) / std, shaped [3, 1, 1]."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], device=device).view(3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], device=device).view(3, 1, 1)
+    return scale, shift
+
+
 class ClipTransform:
     """uint8 numpy [T, H, W, 3] RGB -> float32 Tensor [T, 3, S, S], ImageNet-normalised.
 
     Order: stage preprocessing (deterministic) -> resize to S if needed -> augmentation (train
-    only, one draw per clip) -> scale to [0, 1] -> normalise.
+    only, one draw per clip) -> scale to [0, 1] -> normalise. With `normalize=False` the
+    result stays uint8 [T, 3, S, S]: a quarter of the bytes through the DataLoader, and the
+    model normalises on its own device (StudentModel.forward accepts both).
     """
 
     def __init__(self, augmentation: str = "none", image_size: int = 224, train: bool = False,
-                 preprocessing: str = "none") -> None:
+                 preprocessing: str = "none", normalize: bool = True) -> None:
         if augmentation not in AUGMENTATIONS:
             raise UserError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(AUGMENTATIONS)}")
         if preprocessing not in PREPROCESSING_MODES:
@@ -165,10 +179,10 @@ class ClipTransform:
         self.image_size = int(image_size)
         self.train = bool(train)
         self.preprocessing = preprocessing
+        self.normalize = bool(normalize)
         self.augment = ClipAugment(augmentation) if train and augmentation != "none" else None
         # Scale to [0, 1] and normalise in one pass: x * 1/(255 std) - mean/std.
-        self._scale = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD]).view(1, 3, 1, 1)
-        self._shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
+        self._scale, self._shift = normalisation_constants()
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         frames = np.ascontiguousarray(apply_preprocessing(frames, self.preprocessing))
@@ -179,7 +193,9 @@ class ClipTransform:
         if self.augment is not None:
             frames = self.augment(frames)
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
-        return torch.addcmul(self._shift, x.float(), self._scale)
+        if not self.normalize:
+            return x
+        return normalize_uint8(x, self._scale, self._shift)
 
     def __repr__(self) -> str:
         return (f"ClipTransform(augmentation={self.augmentation!r}, image_size={self.image_size}, "

@@ -87,8 +87,9 @@ def check_bad_fraction(dataset: FaceSamples, total: int, limit: float, split: st
 def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool) -> FaceSamples:
     clip = cfg.clip_len if cfg.model in CLIP_MODELS else 1
     # The cache already holds the stage's CLAHE / bilateral output (FaceCache.preprocessing).
+    # uint8 out of the workers; StudentModel normalises on the training device.
     transform = ClipTransform(recipe.augmentation if train else "none", cfg.image_size, train=train,
-                              preprocessing="none")
+                              preprocessing="none", normalize=False)
     return FaceSamples(records, cache, clip_len=clip, transform=transform, with_audio=cfg.model == "av")
 
 

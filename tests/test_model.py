@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import numpy as np
 import torch
 from torchvision import models as tvm
 
@@ -148,3 +149,17 @@ def test_unknown_names_are_user_errors():
         build_student("xx", backbone=BACKBONE, pretrained="none")
     with pytest.raises(UserError, match="clip_len"):
         build_student("tm", backbone=BACKBONE, pretrained="none", clip_len=1)
+
+
+def test_uint8_frames_are_normalised_inside_the_model():
+    from common.preprocess import ClipTransform
+
+    torch.manual_seed(0)
+    model = build_student("rr", backbone=BACKBONE, pretrained="none").eval()
+    clip = np.random.default_rng(0).integers(0, 256, (1, S, S, 3), dtype=np.uint8)
+    as_float = ClipTransform("none", S)(clip)[None]
+    as_uint8 = ClipTransform("none", S, normalize=False)(clip)[None]
+    assert as_uint8.dtype == torch.uint8 and as_float.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(model(as_uint8), model(as_float), atol=1e-5)
+    assert not {"pixel_scale", "pixel_shift"} & set(model.state_dict())  # checkpoints unchanged

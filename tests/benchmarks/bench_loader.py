@@ -115,7 +115,7 @@ def run(args) -> dict:
             # As common.stage_data: CLAHE / bilateral were applied once, at extraction
             # (FaceCache.preprocessing), so the worker runs the augmentation only.
             transform = ClipTransform(stage.augmentation, args.image_size, train=True,
-                                      preprocessing="none")
+                                      preprocessing="none", normalize=False)
             ds = FaceSamples(records, cache, clip_len=clip, transform=transform)
             fns[f"worker/{stage.stage}/{kind}"] = (
                 lambda ds=ds: worker_rate(ds, args.batch_size, args.batches, 0))

@@ -54,7 +54,7 @@ def child_train(args, n: int) -> dict:
     tracemalloc.start()  # the index: what FaceSamples keeps in Python objects
     ds = FaceSamples(records, cache, clip_len=1,
                      transform=ClipTransform(recipe.augmentation, args.image_size, train=True,
-                                             preprocessing="none"))  # as stage_data: done at extraction
+                                             preprocessing="none", normalize=False))  # as stage_data: done at extraction
     index_mb = tracemalloc.get_traced_memory()[0] / 2**20
     tracemalloc.stop()
     sampler = EpochSampler(ds.labels, seed=0)
