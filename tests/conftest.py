@@ -7,6 +7,9 @@ import torch
 # One intra-op thread for the whole suite: its tensors are tiny, and on a 2-core machine two
 # spinning OpenMP threads stall each other (and anything else running) far more than they help.
 torch.set_num_threads(1)
+# ...and the same in the scripts the tests start, so a run split across a killed subprocess
+# and an in-process resume computes with the same thread count (bit-identical weights).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 # Point torch's weight cache at an empty place so a stray `pretrained="imagenet"` fails
 # loudly instead of quietly using (or downloading) weights.
