@@ -1,4 +1,4 @@
-"""The DFDC chunk iterator: parts in the recipe's order, each with its own class weights.
+"""The DFDC chunk iterator: parts in the recipe's order, each with its own label counts.
 
 Chunk k is `dfdc_train_part_k`. Stage 4 trains a few epochs on one chunk, then the next,
 under one learning-rate schedule; a resumed run starts again at the chunk it stopped in.
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 from common.errors import DatasetLayoutError
-from common.losses import class_weights_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +20,6 @@ class Chunk:
     position: int               # place in the training order (0-based)
     records: tuple              # this part's training VideoRecords
     class_counts: tuple[int, int]   # (real, fake) training videos
-
-    @property
-    def class_weights(self):
-        """Loss weights from this chunk's own label counts (DFDC's ratio differs per part)."""
-        return class_weights_from_counts(list(self.class_counts))
 
 
 def check_chunks(order: Sequence[int], available: Iterable[int], skip_missing: bool) -> list[int]:
@@ -44,11 +38,9 @@ def check_chunks(order: Sequence[int], available: Iterable[int], skip_missing: b
     return kept
 
 
-def iter_chunks(records: Sequence, order: Sequence[int], start: int = 0) -> Iterator[Chunk]:
-    """Yield the training chunks in `order`, beginning at position `start` (for resume)."""
+def iter_chunks(records: Sequence, order: Sequence[int]) -> Iterator[Chunk]:
+    """Yield the training chunks in `order`, each with its (real, fake) training counts."""
     for position, number in enumerate(order):
-        if position < start:
-            continue
         train = tuple(r for r in records if r.chunk == number and r.split == "train")
         fakes = sum(r.label for r in train)
         yield Chunk(number, position, train, (len(train) - fakes, fakes))

@@ -5,11 +5,11 @@ import argparse
 import logging
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.recipes import RECIPES
+from common.recipes import RECIPES, script_name
 
 # Exit codes (README, "When things go wrong").
 EXIT_USER_ERROR = 2       # a bad path, flag or file: fix the command line
@@ -47,13 +47,19 @@ class StageConfig:
     face_model: Path | None = None
     max_bad_fraction: float = 0.05
     status_file: Path | None = Path("TRAINING_STATUS.md")
-    extra: dict = field(default_factory=dict)
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -78,34 +84,57 @@ def chunk_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated part numbers like 9,8,3, got {text!r}")
     if not chunks or any(c < 0 or c > 49 for c in chunks):
         raise argparse.ArgumentTypeError(f"DFDC parts are numbered 0-49, got {text!r}")
+    repeated = sorted({c for c in chunks if chunks.count(c) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"each part may be listed once; repeated: "
+                                         f"{','.join(map(str, repeated))}")
     return chunks
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag shows its default; the epilog keeps its line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text or action.nargs == 0:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
+    """The flags of one stage script. Only recipes and errors are imported here, so --help
+    never pays for importing torch."""
     recipe = RECIPES[stage]
+    script = script_name(model, stage)
+    first = "/data/ff++" if recipe.dataset == "faceforensics" else f"/data/{recipe.dataset}"
     p = argparse.ArgumentParser(
+        prog=f"python {script}", formatter_class=_HelpFormatter,
         description=f"Train the {model.upper()} student, {stage} ({recipe.title}): lr {recipe.lr}, "
                     f"{recipe.epochs} epochs{' per chunk' if recipe.chunks else ''}, loss {recipe.loss}, "
-                    f"augmentation {recipe.augmentation}, preprocessing {recipe.preprocessing}.")
+                    f"augmentation {recipe.augmentation}, preprocessing {recipe.preprocessing}.",
+        epilog=f"usual invocations:\n  python {script} --data {first}\n"
+               f"  python {script} --data {first} --resume     # after an interruption")
     a = p.add_argument
     a("--data", type=Path, required=True, help=f"root of the official {recipe.title} download")
     a("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="where checkpoints and metrics go")
     a("--cache-dir", type=Path, default=Path("cache"), help="face cache shared by all five models")
-    a("--init", type=Path, help="start from this checkpoint instead of the previous stage's")
+    a("--init", type=Path, help="start from this checkpoint instead of the previous stage's "
+      f"({'ImageNet backbone' if recipe.previous is None else f'{model}_{recipe.previous}.pt'} by default)")
     a("--resume", action="store_true", help="continue from this stage's _last.pt where it stopped")
-    a("--epochs", type=positive_int, help=f"epochs{' per chunk' if recipe.chunks else ''} (default {recipe.epochs})")
-    a("--lr", type=positive_float, help=f"peak learning rate (default {recipe.lr})")
+    a("--epochs", type=positive_int, default=recipe.epochs,
+      help=f"epochs{' per chunk' if recipe.chunks else ''} (default: %(default)s, the recipe's)")
+    a("--lr", type=positive_float, default=recipe.lr, help="peak learning rate (default: %(default)s, the recipe's)")
     a("--batch-size", type=positive_int, default=32, help="samples per GPU per step")
-    a("--workers", type=int, default=8, help="DataLoader worker processes per GPU (0 = in-process)")
-    a("--seed", type=int, default=42, help="seed for splits, sampling, augmentation and init")
+    a("--workers", type=non_negative_int, default=8, help="DataLoader worker processes per GPU (0 = in-process)")
+    a("--seed", type=non_negative_int, default=42, help="seed for splits, sampling, augmentation and init")
     a("--backbone", default="efficientnet_b4", help="torchvision backbone (stage 1; later stages inherit)")
     a("--pretrained", default="imagenet", help="backbone weights: imagenet, none, or a path to a state_dict")
     a("--image-size", type=positive_int, default=224, help="face crop side in pixels")
     a("--frames-per-video", type=positive_int, default=32, help="frames sampled evenly over each video")
     a("--clip-len", type=positive_int, default=8, help="consecutive frames per TM/AV clip")
-    a("--max-videos", type=positive_int, help="cap videos per split (smoke runs)")
+    a("--max-videos", type=positive_int, help="cap videos per split (smoke runs; default: all)")
     a("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto = CUDA when present")
-    a("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    a("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
     a("--face-detector", choices=("haar", "yunet", "none"), default="haar",
       help="haar (built in), yunet (needs --face-model) or none (videos are face crops already)")
     a("--face-model", type=Path, help="YuNet .onnx model for --face-detector yunet")
@@ -114,37 +143,29 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
     a("--no-status", action="store_true", help="do not touch the status file")
     if recipe.dataset == "faceforensics":
         a("--compression", choices=("raw", "c23", "c40"), default="c23", help="FF++ compression folder")
-        a("--splits", type=Path, help="folder with the official train/val/test.json (default <data>/splits)")
+        a("--splits", type=Path, help="folder with the official train/val/test.json (default: <data>/splits)")
     if recipe.chunks:
         a("--chunks", type=chunk_list, default=recipe.chunks,
-          help="DFDC parts in training order (default %s)" % ",".join(map(str, recipe.chunks)))
+          help="DFDC parts in training order (default: %s)" % ",".join(map(str, recipe.chunks)))
         a("--skip-missing-chunks", action="store_true", help="warn and skip absent parts instead of stopping")
     return p
 
 
 def parse_config(model: str, stage: str, argv: list[str] | None = None) -> StageConfig:
-    args = build_parser(model, stage).parse_args(argv)
-    return StageConfig(
-        model=model, stage=stage, data=args.data, checkpoint_dir=args.checkpoint_dir,
-        cache_dir=args.cache_dir, init=args.init, resume=args.resume, epochs=args.epochs,
-        lr=args.lr, batch_size=args.batch_size, workers=max(0, args.workers), seed=args.seed,
-        backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,
-        frames_per_video=args.frames_per_video, clip_len=args.clip_len, max_videos=args.max_videos,
-        device=args.device, amp=not args.no_amp, chunks=getattr(args, "chunks", None),
-        skip_missing_chunks=getattr(args, "skip_missing_chunks", False),
-        compression=getattr(args, "compression", "c23"), splits=getattr(args, "splits", None),
-        face_detector=args.face_detector, face_model=args.face_model,
-        max_bad_fraction=args.max_bad_fraction,
-        status_file=None if args.no_status else args.status_file)
+    """StageConfig from the command line: every parsed flag is a field of the same name."""
+    args = vars(build_parser(model, stage).parse_args(argv))
+    if args.pop("no_status"):
+        args["status_file"] = None
+    return StageConfig(model=model, stage=stage, **args)
 
 
 def run_stage(model: str, stage: str, argv: list[str] | None = None) -> int:
     """Entry point of every stage script: parse flags, train, map failures to exit codes."""
+    config = parse_config(model, stage, argv)  # before torch is imported: --help is instant
     from common.stage import StageInterrupted, TrainingFailed, train_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    config = parse_config(model, stage, argv)
     try:
         train_stage(config)
     except UserError as e:

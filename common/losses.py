@@ -15,11 +15,6 @@ from common.errors import UserError
 LOSS_KINDS = ("ce", "focal", "weighted_ce")
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy (with `weight`, PyTorch's weighted mean: sum w_y * l / sum w_y)."""
-    return F.cross_entropy(logits.float(), labels, weight=weight)
-
-
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al., 2017): -alpha_t * (1 - p_t)^gamma * log(p_t), averaged over the batch.
 

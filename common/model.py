@@ -138,10 +138,6 @@ class StudentModel(nn.Module):
             nn.Linear(_HIDDEN, 2),
         )
 
-    @property
-    def is_clip_model(self) -> bool:
-        return self.name in CLIP_MODELS
-
     def forward(self, frames: torch.Tensor, mel: torch.Tensor | None = None,
                 audio_missing: torch.Tensor | None = None) -> torch.Tensor:
         if frames.dim() == 4:  # a single frame per sample: [B, 3, S, S]
