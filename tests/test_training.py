@@ -54,7 +54,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
-def test_every_model_chains_through_three_stages(chained, model):
+def test_every_model_chains_through_three_stages(chained, sample_root, model):
     work, codes = chained
     ck = work / "ck"
     for stage in STAGES:
