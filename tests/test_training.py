@@ -47,6 +47,16 @@ def chained(sample_root, tmp_path_factory):
     return work, codes
 
 
+@pytest.fixture(autouse=True)
+def untrained_students_are_not_collapsed():
+    """These runs train for an epoch or two on a handful of videos: their AUC is chance. The
+    rule is switched off for them (tests below switch it on, or to "always"); its own
+    patcher, so a test's monkeypatch.undo() leaves it in place."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("common.metrics.COLLAPSE_AUC", -1.0)
+        yield
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
