@@ -73,10 +73,12 @@ def test_every_model_chains_through_three_stages(chained, sample_root, model):
         assert paths.best.is_file() and paths.last.is_file() and paths.metrics.is_file()
         lines = [json.loads(x) for x in paths.metrics.read_text().splitlines()]
         epochs = [x for x in lines if "epoch" in x]
-        assert epochs and "auc" in epochs[-1]["val"]["video"] and "final" in lines[-1]
+        assert [x["epoch"] for x in epochs] == list(range(1, len(epochs) + 1))
+        assert epochs[-1]["val"]["video"]["n"] >= 2 and math.isfinite(epochs[-1]["val"]["loss"])
+        assert sorted(lines[-1]) == ["final", "time"]
         best = load_checkpoint(paths.best, model)
         assert best["stage"] == stage and best["stage_finished"] is True
-        assert best["recipe"]["stage"] == stage and "torch" in best["versions"]
+        assert best["recipe"]["stage"] == stage and best["versions"]["torch"] == str(torch.__version__)
         assert load_checkpoint(paths.last, model)["stage_finished"] is False
         final = lines[-1]["final"]
         assert best["temperature"] == final["temperature"] and 0.01 <= best["temperature"] <= 100
@@ -342,3 +344,29 @@ def test_a_student_learns_a_separable_task():
     assert losses[-1] <= losses[0] / 2, losses
     assert metrics["video"]["auc"] >= 0.95 and metrics["video"]["n"] == 16
     assert not metrics["collapse"]["collapsed"]
+
+
+def test_a_stage_picks_the_non_collapsed_epoch_over_better_collapsed_ones(sample_root, tmp_path, monkeypatch):
+    """Epoch AUCs 0.99 (collapsed), 0.60, 0.95 (collapsed): the checkpoint is epoch 2's."""
+    import common.engine as engine
+
+    real, calls = engine.evaluate, {"n": 0}
+    script = [(0.99, True), (0.60, False), (0.95, True)]
+
+    def scripted(*a, **kw):
+        out = real(*a, **kw)
+        auc, collapsed = script[calls["n"]]
+        calls["n"] += 1
+        out["video"]["auc"] = auc
+        out["collapse"] = {"collapsed": collapsed, "reason": "scripted" if collapsed else ""}
+        return out
+
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    assert run_stage("cm", "stage1_faceforensics", args(sample_root, tmp_path, "stage1_faceforensics",
+                                                         "--epochs", "3")) == 0
+    paths = stage_paths(tmp_path / "ck", "cm", "stage1_faceforensics")
+    lines = [json.loads(x) for x in paths.metrics.read_text().splitlines()]
+    assert [x["best"] for x in lines if "epoch" in x] == [True, True, False]
+    best = load_checkpoint(paths.best, "cm")
+    assert best["position"]["phase"] == 2 and best["metrics"]["video"]["auc"] == 0.60
+    assert best["stage_finished"] is True
