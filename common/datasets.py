@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
-
 from common.errors import DatasetLayoutError
+from common.identity_split import MAX_DROPPED_FAKES, choose_val_identities
 
 logger = logging.getLogger(__name__)
 
@@ -353,9 +352,6 @@ def index_celebdf(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
     return records
 
 
-MAX_DROPPED_FAKES = 0.10  # share of Celeb-DF fakes the identity split may lose (two-sided ids)
-
-
 def _log_celebdf_drops(records: list[VideoRecord], dropped: int, val_ids: set[str]) -> None:
     """The exact number of fakes the identity split cost, and what validation holds."""
     kept = sum(1 for r in records if r.label == 1 and r.split != "test")
@@ -370,76 +366,20 @@ def _log_celebdf_drops(records: list[VideoRecord], dropped: int, val_ids: set[st
 
 
 def _celebdf_val(items, val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
-    """Pick validation identities so that few fakes have one identity on each side.
-
-    A fake id<A>_id<B> is kept only when A and B sit on the same side, so the fakes lost are
-    the cut of the identity graph. From every linked pair of ids, grow a set by adding the id
-    that keeps the cut smallest, while the cut stays within MAX_DROPPED_FAKES of all fakes,
-    until it holds val_fraction of the identity videos; keep the best set found. The pair
-    seed makes validation hold fakes; YouTube reals are drawn separately."""
+    """Validation identities (fewest fakes across the cut, common.identity_split) and, drawn
+    separately, the YouTube reals held out."""
     if val_fraction <= 0:
         return set(), set()
     yt = sorted((it[4] for it in items if not it[3]), key=lambda g: _rank(g, seed))
-    yt_val = set(yt[:round(val_fraction * len(yt))])
-    reals: Counter = Counter()
-    pair_fakes: Counter = Counter()
-    for _, _, label, ids, _, _ in items:
-        if label == 0 and ids:
-            reals[ids[0]] += 1
-        elif label == 1:
-            pair_fakes[tuple(sorted(ids))] += 1
-    ids = sorted(set(reals) | {i for pair in pair_fakes for i in pair}, key=lambda i: _rank(f"id{i}", seed))
+    reals = Counter(it[3][0] for it in items if it[2] == 0 and it[3])
+    fakes = [tuple(it[3]) for it in items if it[2] == 1]
+    ids = sorted(set(reals) | {i for pair in fakes for i in pair}, key=lambda i: _rank(f"id{i}", seed))
     if len(ids) < 3:
         logger.warning("Celeb-DF: only %d identities outside the test list; no identity "
                        "held out for validation", len(ids))
-        return set(), yt_val
-    pos = {i: k for k, i in enumerate(ids)}
-    w = np.zeros((len(ids), len(ids)))
-    for (a, b), n in pair_fakes.items():
-        if a != b:
-            w[pos[a], pos[b]] += n
-            w[pos[b], pos[a]] += n
-    n_real = np.array([reals[i] for i in ids], dtype=float)
-    self_fakes = np.array([pair_fakes[(i, i)] for i in ids], dtype=float)
-    budget = MAX_DROPPED_FAKES * sum(pair_fakes.values())
+        return set(), set(yt[:round(val_fraction * len(yt))])
     target = val_fraction * sum(1 for it in items if it[3])
-    seeds = [(pos[a], pos[b]) for a, b in pair_fakes if a != b] or [(k,) for k in range(len(ids))]
-    best, best_key = None, None
-    for start in sorted(set(seeds)):
-        chosen = _grow(list(start), w, n_real, self_fakes, target, budget, max_size=len(ids) - 2)
-        cut, size = _cut_and_size(chosen, w, n_real, self_fakes)
-        key = (cut <= budget, min(size, target), -cut, [-k for k in sorted(chosen)])
-        if best_key is None or key > best_key:
-            best, best_key = chosen, key
-    return {ids[k] for k in best}, yt_val
-
-
-def _cut_and_size(chosen, w, n_real, self_fakes) -> tuple[float, float]:
-    """(fakes with one identity inside, identity videos wholly inside) of an id set."""
-    inside = np.zeros(len(n_real), dtype=bool)
-    inside[list(chosen)] = True
-    cut = float(w[inside][:, ~inside].sum())
-    size = float(n_real[inside].sum() + self_fakes[inside].sum() + w[inside][:, inside].sum() / 2)
-    return cut, size
-
-
-def _grow(chosen: list[int], w, n_real, self_fakes, target: float, budget: float, max_size: int) -> list[int]:
-    """Add the id that keeps the cut smallest until the set is big enough or the cut too large."""
-    inside = np.zeros(len(n_real), dtype=bool)
-    inside[chosen] = True
-    cut, size = _cut_and_size(chosen, w, n_real, self_fakes)
-    while size < target and inside.sum() < max_size:
-        links_in = w[:, inside].sum(axis=1)
-        new_cut = cut + w.sum(axis=1) - 2 * links_in
-        gain = n_real + self_fakes + links_in
-        score = np.where(inside, np.inf, new_cut - 1e-6 * gain)
-        k = int(np.argmin(score))
-        if new_cut[k] > budget:
-            break
-        inside[k] = True
-        chosen.append(k)
-        cut, size = float(new_cut[k]), size + float(gain[k])
-    return chosen
+    return choose_val_identities(ids, reals, fakes, target), set(yt[:round(val_fraction * len(yt))])
 
 
 # ---------------------------------------------------------------- DFDC
