@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from common.errors import DatasetLayoutError
+from common.identity_split import MAX_DROPPED_FAKES, choose_val_identities
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ def index_celebdf(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
 
     rest = [it for it in items if it[1] not in test]
     val_ids, val_yt = _celebdf_val(rest, val_fraction, seed)
-    records = []
+    records, dropped = [], 0
     for p, rel, label, ids, group, src in items:
         if rel in test:
             split = "test"
@@ -342,46 +343,43 @@ def index_celebdf(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
             sides = {i in val_ids for i in (ids if strict_identities else ids[:1])}
             if len(sides) > 1:
                 report.skip(p, f"identities {'/'.join('id' + i for i in ids)} straddle train/val")
+                dropped += 1
                 continue
             split = "val" if sides.pop() else "train"
         records.append(VideoRecord(str(p), rel, label, group, split, False, src, None))
+    _log_celebdf_drops(records, dropped, val_ids)
     _finish("Celeb-DF", root, records, report)
     return records
 
 
+def _log_celebdf_drops(records: list[VideoRecord], dropped: int, val_ids: set[str]) -> None:
+    """The exact number of fakes the identity split cost, and what validation holds."""
+    kept = sum(1 for r in records if r.label == 1 and r.split != "test")
+    total = kept + dropped
+    share = dropped / total if total else 0.0
+    val = Counter(r.label for r in records if r.split == "val")
+    log = logger.warning if share > MAX_DROPPED_FAKES else logger.info
+    log("Celeb-DF: validation identities %s; %d of %d fakes outside the test list dropped (%.1f%%, "
+        "their two identities straddle train/val; limit %.0f%%); validation: %d real, %d fake",
+        ", ".join(f"id{i}" for i in sorted(val_ids, key=int)) or "none", dropped, total, 100 * share,
+        100 * MAX_DROPPED_FAKES, val[0], val[1])
+
+
 def _celebdf_val(items, val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
-    """Pick validation identities: grow along fake links so whole identity clusters move
-    together (few fakes straddle the boundary); YouTube reals are drawn separately."""
+    """Validation identities (fewest fakes across the cut, common.identity_split) and, drawn
+    separately, the YouTube reals held out."""
     if val_fraction <= 0:
         return set(), set()
-    reals: Counter = Counter()
-    links: dict[str, Counter] = defaultdict(Counter)
-    fakes = []
-    for _, _, label, ids, _, _ in items:
-        if label == 0 and ids:
-            reals[ids[0]] += 1
-        elif label == 1:
-            fakes.append(tuple(ids))
-            a, b = ids
-            links[a][b] += 1
-            links[b][a] += 1
-    all_ids = sorted(set(reals) | set(links), key=lambda i: _rank(f"id{i}", seed))
-    target = val_fraction * sum(1 for it in items if it[3])
-    chosen: set[str] = set()
-    if len(all_ids) >= 3:
-        while len(chosen) < len(all_ids) - 2:  # always leave identities to train on
-            n_fake = sum(1 for a, b in fakes if a in chosen and b in chosen)
-            n_val = sum(reals[i] for i in chosen) + n_fake
-            if chosen and n_val >= target and (n_fake or not fakes):
-                break
-            free = [i for i in all_ids if i not in chosen]
-            pull = {i: sum(links[i][j] for j in chosen) for i in free}
-            chosen.add(max(free, key=lambda i: pull[i]) if max(pull.values()) else free[0])
-    else:
-        logger.warning("Celeb-DF: only %d identities outside the test list; no identity "
-                       "held out for validation", len(all_ids))
     yt = sorted((it[4] for it in items if not it[3]), key=lambda g: _rank(g, seed))
-    return chosen, set(yt[:round(val_fraction * len(yt))])
+    reals = Counter(it[3][0] for it in items if it[2] == 0 and it[3])
+    fakes = [tuple(it[3]) for it in items if it[2] == 1]
+    ids = sorted(set(reals) | {i for pair in fakes for i in pair}, key=lambda i: _rank(f"id{i}", seed))
+    if len(ids) < 3:
+        logger.warning("Celeb-DF: only %d identities outside the test list; no identity "
+                       "held out for validation", len(ids))
+        return set(), set(yt[:round(val_fraction * len(yt))])
+    target = val_fraction * sum(1 for it in items if it[3])
+    return choose_val_identities(ids, reals, fakes, target), set(yt[:round(val_fraction * len(yt))])
 
 
 # ---------------------------------------------------------------- DFDC

@@ -56,14 +56,22 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float = 0.01)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total_steps: int,
-                   warmup_fraction: float):
-    """AdamW (no decay on biases and norms) and a per-iteration warmup + cosine schedule."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                   warmup_fraction: float, lr_multipliers: dict[str, float] | None = None):
+    """AdamW (no decay on biases and norms) and a per-iteration warmup + cosine schedule.
+
+    lr_multipliers: parameter-name prefix -> factor on `lr` for those parameters (e.g. AV's
+    audio branch at stage 4, its first audio). Each (factor, decay) pair is one param group;
+    the schedule scales every group alike."""
+    lr_multipliers = {k: float(v) for k, v in (lr_multipliers or {}).items() if float(v) != 1.0}
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        factor = next((f for prefix, f in lr_multipliers.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((factor, p.ndim > 1), []).append(p)
+    order = sorted(groups, key=lambda k: (k[0] != 1.0, k[0], not k[1]))  # base groups first
+    opt = torch.optim.AdamW([{"params": groups[k], "lr": lr * k[0],
+                              "weight_decay": weight_decay if k[1] else 0.0} for k in order], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_fraction))
     return opt, sched
 

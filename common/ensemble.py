@@ -4,11 +4,14 @@
   python -m common.ensemble predict VIDEO [VIDEO ...] [--json]
 
 Each student gives a calibrated video score p = mean over the video's sampled frames (or
-clips) of softmax(logits / T)[fake]. The combiner is a logistic regression on logit(p):
+clips) of softmax(logits / T)[fake]. A combiner is a logistic regression on logit(p):
     fused = sigmoid(intercept + sum_i weight_i * logit(p_i))
-fit on the validation split; a student at chance on validation gets weight 0. When a student
-the ensemble uses is missing at predict time its term is dropped, i.e. it is treated as if it
-had said 0.5: an approximation, not the combiner a refit without it would give.
+fit on the validation videos the students' checkpoints list; a student at chance there gets
+weight 0. One combiner is fit for every subset of the useful students, so a student missing
+at predict time means the combiner fit without it, never a made-up 0.5.
+
+Students: `<name>_model_student.pt` for the five built-in names, `ll`, and any other name;
+each is this suite's student format or a TorchScript module (common/external_student.py).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.checkpoints import load_checkpoint, weights_fingerprint
+from common.external_student import ExternalStudent, check_contract, is_torchscript, load_external
 from common.cli import positive_int
 from common.datasets import VideoRecord
 from common.engine import make_precision, predict
@@ -41,8 +45,9 @@ from common.samples import FaceSamples
 from common.video import BadVideoError, probe
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
+STUDENT_SUFFIX = "_model_student.pt"
 ENSEMBLE_FILE = "ensemble.json"
-FORMAT = 1
+FORMAT = 2  # 2: one combiner per subset of students
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit
 
 
@@ -60,12 +65,16 @@ class Settings:
 class Student:
     name: str
     path: Path
-    model: StudentModel
+    model: StudentModel | ExternalStudent
     temperature: float
     preprocessing: str  # the final stage's eval-time preprocessing (what calibration saw)
     clip_len: int       # frames per sample this student reads (1 for single-frame models)
     with_audio: bool
     checkpoint: dict    # the rest of the checkpoint (metrics, stage), weights removed
+
+    @property
+    def external(self) -> bool:
+        return isinstance(self.model, ExternalStudent)
 
     @property
     def fingerprint(self) -> float:
@@ -79,12 +88,29 @@ class Student:
 
 
 def student_path(checkpoint_dir: str | Path, name: str) -> Path:
-    return Path(checkpoint_dir) / f"{name}_model_student.pt"
+    return Path(checkpoint_dir) / f"{name}{STUDENT_SUFFIX}"
+
+
+def student_names(checkpoint_dir: str | Path) -> list[str]:
+    """The built-in names and ll, then every other `<name>_model_student.pt` in the folder."""
+    d = Path(checkpoint_dir)
+    extra = sorted(p.name[:-len(STUDENT_SUFFIX)] for p in d.glob(f"*{STUDENT_SUFFIX}")) if d.is_dir() else []
+    return list(STUDENT_NAMES) + [n for n in extra if n and n not in STUDENT_NAMES]
 
 
 def load_student(path: str | Path, name: str) -> Student:
-    """One `<name>_model_student.pt`; UserError when it is not a student this suite can run."""
-    ckpt = load_checkpoint(path, expected_model=name)
+    """One `<name>_model_student.pt`: this suite's format or a TorchScript module (the
+    documented contract). UserError when it is neither, or its weights do not fit."""
+    path = Path(path)
+    if path.is_file() and is_torchscript(path):
+        model, temperature = load_external(path)
+        return Student(name, path, model, temperature, "none", model.options["clip_len"], False,
+                       {"kind": "torchscript"})
+    ckpt = load_checkpoint(path, expected_model=name if name in MODEL_NAMES else None)
+    arch = ckpt["model_options"].get("name")
+    if arch not in MODEL_NAMES:
+        raise CheckpointError(f"{path}: its model options name {arch!r}, not one of this suite's "
+                              f"architectures ({', '.join(MODEL_NAMES)}), and it is not TorchScript")
     model = student_from_options(ckpt["model_options"])
     try:
         model.load_state_dict(ckpt["model"], strict=True)
@@ -93,19 +119,19 @@ def load_student(path: str | Path, name: str) -> Student:
                               f"({str(e).splitlines()[0][:120]})") from None
     model.eval()
     recipe = RECIPES.get(str(ckpt.get("stage")))
-    clip = int(ckpt["model_options"].get("clip_len", 1)) if name in CLIP_MODELS else 1
+    clip = int(ckpt["model_options"].get("clip_len", 1)) if arch in CLIP_MODELS else 1
     temperature = float(ckpt.get("temperature") or 1.0)
     rest = {k: v for k, v in ckpt.items() if k != "model"}
-    return Student(name, Path(path), model, temperature if temperature > 0 else 1.0,
-                   recipe.preprocessing if recipe else "none", clip, name == "av", rest)
+    return Student(name, path, model, temperature if temperature > 0 else 1.0,
+                   recipe.preprocessing if recipe else "none", clip, arch == "av", rest)
 
 
-def load_students(checkpoint_dir: str | Path, names: Sequence[str] = STUDENT_NAMES):
+def load_students(checkpoint_dir: str | Path, names: Sequence[str] | None = None):
     """-> ({name: Student}, [missing names], {name: why it is present but unusable})."""
     found: dict[str, Student] = {}
     missing: list[str] = []
     incompatible: dict[str, str] = {}
-    for name in names:
+    for name in names or student_names(checkpoint_dir):
         path = student_path(checkpoint_dir, name)
         if not path.is_file():
             missing.append(name)
@@ -115,6 +141,19 @@ def load_students(checkpoint_dir: str | Path, names: Sequence[str] = STUDENT_NAM
         except UserError as e:
             incompatible[name] = str(e)
     return found, missing, incompatible
+
+
+def check_external(students: dict[str, Student], image_size: int) -> dict[str, str]:
+    """Dry-run every TorchScript student at this crop size; drop (and return) the ones that
+    break the contract."""
+    broken = {}
+    for name in [n for n, st in students.items() if st.external]:
+        try:
+            check_contract(students[name].model, image_size)
+        except UserError as e:
+            broken[name] = str(e)
+            del students[name]
+    return broken
 
 
 def availability_line(found: dict, missing: Sequence[str]) -> str:
@@ -136,8 +175,9 @@ def make_cache(root: str | Path, dataset: str, s: Settings) -> FaceCache:
 def score_videos(student: Student, records: Sequence, cache: FaceCache, settings: Settings,
                  device: torch.device, batch_size: int = 32, workers: int = 0):
     """Calibrated video scores of the cached `records` -> (ids, labels, probs), ids sorted."""
+    # uint8 out of the loader: StudentModel normalises itself, and it is the external contract.
     transform = ClipTransform("none", settings.image_size, train=False,
-                              preprocessing=student.preprocessing)
+                              preprocessing=student.preprocessing, normalize=False)
     samples = FaceSamples(records, cache, clip_len=student.clip_len, transform=transform,
                           with_audio=student.with_audio)
     loader = DataLoader(samples, batch_size=batch_size, num_workers=workers,
@@ -152,18 +192,25 @@ def logit(p) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def fuse(scores: dict[str, float], ensemble: dict) -> tuple[float, list[str]]:
-    """Fused fake probability from per-student scores, and the used students it had to drop."""
-    z = float(ensemble["intercept"])
-    dropped = []
-    for m in ensemble["models"]:
-        if not m["used"]:
-            continue
-        if m["name"] not in scores:
-            dropped.append(m["name"])  # its term is left out: as if it had said 0.5
-            continue
-        z += float(m["weight"]) * float(logit(scores[m["name"]]))
-    return 1.0 / (1.0 + math.exp(-z)), dropped
+def combiner_for(ens: dict, available: Sequence[str]) -> dict:
+    """The combiner fit on exactly the ensemble's used students that are `available`."""
+    want = sorted(m["name"] for m in ens["models"] if m["used"] and m["name"] in available)
+    if not want:
+        used = ", ".join(m["name"] for m in ens["models"] if m["used"])
+        raise UserError(f"none of the students the ensemble relies on ({used}) is available")
+    for c in ens["combiners"]:
+        if sorted(c["students"]) == want:
+            return c
+    raise UserError(f"the ensemble file has no combiner for {', '.join(want)}; refit it")
+
+
+def fuse(scores: dict[str, float], ens: dict) -> tuple[float, list[str]]:
+    """Fused fake probability from per-student scores, with the combiner fit on the used
+    students present; also the used students that were missing."""
+    c = combiner_for(ens, list(scores))
+    z = float(c["intercept"]) + sum(float(w) * float(logit(scores[n])) for n, w in c["weights"].items())
+    missing = [m["name"] for m in ens["models"] if m["used"] and m["name"] not in scores]
+    return 1.0 / (1.0 + math.exp(-z)), missing
 
 
 # ----------------------------------------------------------------------------- predict
@@ -178,8 +225,11 @@ def load_ensemble(path: str | Path) -> dict:
         raise UserError(f"{path}: not a readable ensemble file ({e})") from None
     if not isinstance(ens, dict) or not {"models", "intercept", "settings", "threshold"} <= set(ens):
         raise UserError(f"{path}: not an ensemble file written by `python -m common.ensemble fit`")
-    if ens.get("format", FORMAT) > FORMAT:
+    if ens.get("format", 1) > FORMAT:
         raise UserError(f"{path}: written by a newer version of this suite (format {ens['format']})")
+    if ens.get("format", 1) < FORMAT or "combiners" not in ens:
+        raise UserError(f"{path}: written by an older version (one combiner for all students); "
+                        "refit it with `python -m common.ensemble fit`")
     return ens
 
 
@@ -192,14 +242,18 @@ def predictor_students(ens: dict, checkpoint_dir: Path) -> tuple[dict[str, Stude
             st = load_student(path, m["name"])
         except UserError as e:
             absent.append(m["name"])
-            print(f"note: {m['name']} is missing or unusable ({e}); its term is dropped from the "
-                  "fusion (an approximation: as if it had said 0.5)", file=sys.stderr)
+            print(f"note: {m['name']} is missing or unusable ({e}); the combiner fit without it "
+                  "is used", file=sys.stderr)
             continue
         if m.get("fingerprint") is not None and not math.isclose(st.fingerprint, m["fingerprint"],
                                                                  rel_tol=1e-6, abs_tol=1e-6):
             print(f"warning: {path} changed since the ensemble was fit; refit it", file=sys.stderr)
         st.temperature = float(m["temperature"])  # the combiner was fit on these scores
         students[m["name"]] = st
+    broken = check_external(students, int(ens["settings"]["image_size"]))
+    for name, why in broken.items():
+        absent.append(name)
+        print(f"note: {name} is unusable ({why}); the combiner fit without it is used", file=sys.stderr)
     if not any(m["used"] and m["name"] in students for m in ens["models"]):
         raise UserError(f"{checkpoint_dir}: none of the students the ensemble relies on "
                         f"({', '.join(m['name'] for m in ens['models'] if m['used'])}) is usable")
@@ -220,26 +274,28 @@ def predict_video(path: str, students: dict[str, Student], ens: dict, detector,
         meta = extract_video(rec, cache, detector)
         scores = {n: float(score_videos(st, [rec], cache, settings, device)[2][0])
                   for n, st in students.items()}
-    fused, dropped = fuse(scores, ens)
+    fused, _ = fuse(scores, ens)
+    combiner = combiner_for(ens, list(scores))
     threshold = float(ens["threshold"])
     per = {}
     for m in ens["models"]:
         if m["name"] in scores:
             p = scores[m["name"]]
             per[m["name"]] = {"score": p, "flag": "FAKE" if p >= threshold else "REAL",
-                              "weight": m["weight"], "used": m["used"],
+                              "weight": float(combiner["weights"].get(m["name"], 0.0)), "used": m["used"],
                               "dropped_reason": m.get("dropped_reason")}
     return {"video": path, "ok": True, "fake_probability": fused,
             "verdict": "FAKE" if fused >= threshold else "REAL", "threshold": threshold,
             "audio": bool(meta["audio"]["present"]), "students": per,
             "missing_students": [m["name"] for m in ens["models"] if m["name"] not in scores],
-            "approximate": bool(dropped)}
+            "combiner": combiner["students"]}
 
 
 def format_result(res: dict) -> str:
     if not res["ok"]:
         return f"{res['video']}: ERROR {res['error']}"
-    approx = f"; approximate: {', '.join(res['missing_students'])} missing" if res["approximate"] else ""
+    absent = [n for n in res["missing_students"] if n not in res["combiner"]]
+    approx = f"; combiner fit without {', '.join(absent)}" if absent else ""
     lines = [f"{res['video']}: {res['verdict']}  fused p(fake) = {res['fake_probability']:.3f} "
              f"(threshold {res['threshold']:.2f}; audio {'yes' if res['audio'] else 'no'}{approx})"]
     for name, s in res["students"].items():
@@ -275,19 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m common.ensemble",
                                 description="Fit and apply the stacking ensemble of the students.")
     sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fit", help="fit the combiner on a dataset's validation split")
+    f = sub.add_parser("fit", help="fit the combiners on the validation videos the students' checkpoints list")
     f.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
     f.add_argument("--data", type=Path, required=True, help="dataset root (official layout)")
     f.add_argument("--dataset", choices=("dfdc", "celebdf", "faceforensics"),
-                   help="layout of --data (default: detected)")
+                   help="check that the students were validated on this dataset")
     f.add_argument("--cache-dir", type=Path, default=Path("cache"))
     f.add_argument("--max-videos", type=positive_int, help="cap validation videos (half real, half fake)")
     f.add_argument("--image-size", type=positive_int, help="face crop side (default: training config or 224)")
     f.add_argument("--frames-per-video", type=positive_int, help="default: training config or 32")
     f.add_argument("--face-detector", choices=DETECTORS, help="default: training config or haar")
     f.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
-    f.add_argument("--seed", type=int, help="split seed used in training (default: config or 42)")
-    f.add_argument("--compression", default="c23", help="FF++ compression folder")
+    f.add_argument("--seed", type=int, help="seed of the --max-videos cap (default: training config or 42); "
+                                            "the videos themselves come from the students' checkpoints")
     f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     f.add_argument("--batch-size", type=positive_int, default=32)
     f.add_argument("--workers", type=int, default=2, help="DataLoader and face-extraction workers")

@@ -1,11 +1,14 @@
 """`python -m common.ensemble fit`: learn how much to trust each student, on validation videos.
 
-students -> the dataset's validation split (never its test split) -> face cache -> calibrated
-video scores per student -> students at chance get weight 0 -> logistic regression on
-logit(score) -> ensemble.json, ensemble_roc.png and ensemble_auc.md.
+students -> the validation videos their checkpoints list (never recomputed, never the test
+split) -> face cache -> calibrated video scores per student -> students at chance get weight 0
+-> one logistic regression on logit(score) per subset of the others -> ensemble.json,
+ensemble_roc.png and ensemble_auc.md. The figures reported are out-of-fold: each video is
+scored by a combiner that was not fit on it.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -21,7 +24,8 @@ import torch
 from common.checkpoints import atomic_write, stage_paths
 from common.datasets import detect_layout, index_dataset
 from common.ensemble import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line,
-                             load_students, logit, make_cache, pick_device, score_videos)
+                             check_external, load_students, logit, make_cache, pick_device,
+                             score_videos)
 from common.errors import DatasetLayoutError, UserError
 from common.face_cache import build_face_cache
 from common.metrics import binary_metrics
@@ -83,12 +87,42 @@ def choose_settings(students: dict[str, Student], args) -> tuple[Settings, int]:
 
 # ----------------------------------------------------------------------------- data
 
-def validation_records(data: Path, dataset: str, seed: int, compression: str,
-                       max_videos: int | None) -> list:
-    """The validation split as the stage scripts drew it (same indexer arguments, same seed)."""
-    kw = {"compression": compression} if dataset == "faceforensics" else {"seed": seed}
-    val = [r for r in index_dataset(dataset, data, **kw) if r.split == "val"]
-    return cap_per_split(val, max_videos, seed)
+def validation_list(students: dict[str, Student]) -> tuple[dict, list[str]]:
+    """(dataset-index arguments, validation rels) recorded in the students' checkpoints.
+
+    Students trained with different caps list different videos: the fit uses the videos every
+    list holds. TorchScript students list none (they are scored on the others' list)."""
+    lists = {n: st.checkpoint for n, st in students.items()
+             if st.checkpoint.get("val_videos") is not None and st.checkpoint.get("data_index")}
+    if not lists:
+        raise UserError("no student records its validation videos (checkpoints older than the "
+                        "data contract); rerun their final stage so the ensemble is fit on "
+                        "videos the students did not train on")
+    datasets = {c["data_index"]["dataset"] for c in lists.values()}
+    if len(datasets) > 1:
+        raise UserError(f"the students were validated on different datasets ({', '.join(sorted(datasets))})")
+    common = set.intersection(*(set(c["val_videos"]) for c in lists.values()))
+    if any(len(c["val_videos"]) != len(common) for c in lists.values()):
+        log.warning("the students' validation lists differ (%s); fitting on the %d videos all of "
+                    "them hold", ", ".join(f"{n} {len(c['val_videos'])}" for n, c in lists.items()), len(common))
+    index = next(iter(lists.values()))["data_index"]
+    return index, sorted(common)
+
+
+def validation_records(data: Path, index: dict, rels: Sequence[str], max_videos: int | None,
+                       seed: int) -> list:
+    """The listed validation videos under `data` (paths and labels from the index; the split
+    the indexer draws is ignored: membership comes from the list)."""
+    kw = dict(index.get("kwargs") or {})
+    if kw.get("splits_dir") and not Path(kw["splits_dir"]).is_dir():
+        kw["splits_dir"] = None  # its split is not used here; only the files' names and labels
+    by_rel = {r.rel: r for r in index_dataset(index["dataset"], data, **kw)}
+    absent = [rel for rel in rels if rel not in by_rel]
+    if absent:
+        log.warning("%d of %d listed validation videos are not under %s (first: %s)", len(absent),
+                    len(rels), data, absent[0])
+    val = [by_rel[rel] for rel in rels if rel in by_rel]
+    return cap_per_split(val, max_videos, seed, key=lambda r: "val")
 
 
 def check_classes(labels: Sequence[int], where: str) -> None:
@@ -120,24 +154,43 @@ def _combiner():
     return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000))
 
 
-def _cv_auc(x: np.ndarray, y: np.ndarray) -> float | None:
-    """AUC of out-of-fold combiner predictions: the in-sample AUC flatters the combiner."""
+def _oof(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Out-of-fold combiner predictions: each video scored by a combiner not fit on it."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     k = min(5, int(np.bincount(y, minlength=2).min()))
     if k < 2:
         return None
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
-    p = cross_val_predict(_combiner(), x, y, cv=folds, method="predict_proba")[:, 1]
+    return cross_val_predict(_combiner(), x, y, cv=folds, method="predict_proba")[:, 1]
+
+
+def _auc(y: np.ndarray, p: np.ndarray | None) -> float | None:
+    if p is None:
+        return None
     auc = binary_metrics(y, p)["auc"]
     return float(auc) if math.isfinite(auc) else None
 
 
-def fit_combiner(scores: dict[str, np.ndarray], labels: Sequence[int]) -> dict:
-    """Logistic regression on logit(score) of the students that beat chance.
+def _fit_one(scores: dict[str, np.ndarray], names: Sequence[str], y: np.ndarray) -> dict:
+    """One combiner on these students: weights on logit(p) (standardisation folded in), its
+    in-sample and out-of-fold predictions."""
+    x = np.column_stack([logit(scores[n]) for n in names])
+    pipe = _combiner().fit(x, y)
+    scaler, clf = pipe.named_steps["standardscaler"], pipe.named_steps["logisticregression"]
+    weights = clf.coef_[0] / scaler.scale_  # fused = sigmoid(b + sum w_i * logit(p_i))
+    oof = _oof(x, y)
+    return {"students": list(names), "weights": {n: float(w) for n, w in zip(names, weights)},
+            "intercept": float(clf.intercept_[0] - np.dot(weights, scaler.mean_)),
+            "auc_oof": _auc(y, oof), "fused": pipe.predict_proba(x)[:, 1], "fused_oof": oof}
 
-    -> {"models": {name: {val_auc, used, dropped_reason, weight, note}}, "intercept", "fused",
-        "val_auc", "val_auc_cv"}; UserError when no student beats chance."""
+
+def fit_combiner(scores: dict[str, np.ndarray], labels: Sequence[int]) -> dict:
+    """A combiner for every non-empty subset of the students that beat chance.
+
+    -> {"models": {name: {val_auc, used, dropped_reason, weight, note}}, "combiners": [...],
+        "intercept", "fused", "fused_oof", "val_auc_oof", "val_auc_in_sample"}; the weights in
+    "models" are the all-students combiner's. UserError when no student beats chance."""
     y = np.asarray(labels, dtype=np.int64)
     rows = {}
     for name, p in scores.items():
@@ -150,20 +203,18 @@ def fit_combiner(scores: dict[str, np.ndarray], labels: Sequence[int]) -> dict:
         raise UserError("no student beats chance on the validation videos ("
                         + "; ".join(f"{n}: {r['dropped_reason']}" for n, r in rows.items())
                         + "); nothing to fuse")
-    x = np.column_stack([logit(scores[n]) for n in used])
-    pipe = _combiner().fit(x, y)
-    scaler, clf = pipe.named_steps["standardscaler"], pipe.named_steps["logisticregression"]
-    # Fold the standardisation into the weights: fused = sigmoid(b + sum w_i * logit(p_i)).
-    weights = clf.coef_[0] / scaler.scale_
-    intercept = float(clf.intercept_[0] - np.dot(weights, scaler.mean_))
-    for n, w in zip(used, weights):
-        rows[n]["weight"] = float(w)
+    combiners = [_fit_one(scores, subset, y) for k in range(1, len(used) + 1)
+                 for subset in itertools.combinations(used, k)]
+    full = combiners[-1]
+    for n, w in full["weights"].items():
+        rows[n]["weight"] = w
         if w < 0:
             rows[n]["note"] = "negative weight: ranks validation videos the wrong way round"
-    fused = pipe.predict_proba(x)[:, 1]
-    auc = binary_metrics(y, fused)["auc"]
-    return {"models": rows, "intercept": intercept, "fused": fused,
-            "val_auc": float(auc) if math.isfinite(auc) else None, "val_auc_cv": _cv_auc(x, y)}
+    return {"models": rows, "intercept": full["intercept"], "fused": full["fused"],
+            "fused_oof": full["fused_oof"], "val_auc_oof": full["auc_oof"],
+            "val_auc_in_sample": _auc(y, full["fused"]),
+            "combiners": [{k: c[k] for k in ("students", "weights", "intercept", "auc_oof")}
+                          for c in combiners]}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -182,10 +233,14 @@ def auc_table(ens: dict) -> str:
         weight = f"{m['weight']:+.3f}" if m["used"] else "0"
         lines.append(f"| {m['name']} | {_num(m['val_auc'])} | {_num(m['trained_val_auc'])} | "
                      f"{weight} | {note} |")
-    lines.append(f"| **ensemble** | **{_num(ens['val_auc'])}** | | intercept {ens['intercept']:+.3f} "
-                 "| in-sample: fit on these videos |")
-    lines.append(f"| ensemble, cross-validated | {_num(ens['val_auc_cv'])} | | | out-of-fold "
-                 "combiner (the honest estimate) |")
+    lines.append(f"| **ensemble** | **{_num(ens['val_auc_oof'])}** | | intercept {ens['intercept']:+.3f} "
+                 "| out-of-fold: each video scored by a combiner not fit on it |")
+    lines.append(f"| ensemble, in-sample | {_num(ens['val_auc_in_sample'])} | | | fit and scored on the "
+                 "same videos: optimistic, not a result |")
+    lines += ["", "Combiners (one per subset of the useful students; used when the others are missing):",
+              "", "| students | out-of-fold AUC |", "|---|---|"]
+    lines += [f"| {', '.join(c['students'])} | {_num(c['auc_oof'])} |" for c in ens["combiners"]]
+    lines += ["", "Held-out figures: `python -m common.evaluate` on a test split."]
     return "\n".join(lines) + "\n"
 
 
@@ -195,7 +250,8 @@ def write_outputs(out: Path, ens: dict, scores: dict[str, np.ndarray], labels: n
     atomic_write(paths["json"], lambda f: f.write(json.dumps(ens, indent=1) + "\n"), mode="w")
     y = labels.tolist()
     curves = {name: (y, p.tolist()) for name, p in scores.items()}
-    curves["ensemble"] = (y, fused.tolist())
+    if fused is not None:
+        curves["ensemble (out-of-fold)"] = (y, fused.tolist())
     roc_plot(curves, paths["roc"], f"validation ROC, {ens['dataset']} ({ens['n_videos']} videos)")
     atomic_write(paths["md"], lambda f: f.write("# Ensemble validation AUC\n\n" + auc_table(ens)), mode="w")
     return paths
@@ -213,7 +269,8 @@ def ensemble_record(students: dict[str, Student], unavailable: dict[str, str], f
     return {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "feature": "logit of the calibrated video fake probability, clipped to [1e-6, 1-1e-6]",
             "models": models, "intercept": fit["intercept"], "threshold": THRESHOLD,
-            "val_auc": fit["val_auc"], "val_auc_cv": fit["val_auc_cv"], "settings": asdict(settings),
+            "val_auc_oof": fit["val_auc_oof"], "val_auc_in_sample": fit["val_auc_in_sample"],
+            "combiners": fit["combiners"], "settings": asdict(settings),
             "dataset": dataset, "data": str(data), "split": "val", "n_videos": int(len(labels)),
             "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
             "unavailable": unavailable}
@@ -229,12 +286,20 @@ def run_fit(args) -> int:
         print(f"{name}: present but incompatible, not used ({why})")
     if not students:
         raise UserError(f"{args.checkpoint_dir}: no usable <model>_model_student.pt here")
-    dataset = args.dataset or detect_layout(args.data)
-    if dataset is None:
-        raise DatasetLayoutError(f"{args.data}: not a FaceForensics++, Celeb-DF or DFDC root "
-                                 "(or pass --dataset)")
+    index, rels = validation_list(students)
+    dataset = index["dataset"]
+    if args.dataset is not None and args.dataset != dataset:
+        raise UserError(f"--dataset {args.dataset}: the students were validated on {dataset}")
+    if detect_layout(args.data) not in (None, dataset):
+        raise DatasetLayoutError(f"{args.data}: a {detect_layout(args.data)} root; the students' "
+                                 f"validation videos are {dataset} videos")
     settings, seed = choose_settings(students, args)
-    val = validation_records(args.data, dataset, seed, args.compression, args.max_videos)
+    for name, why in check_external(students, settings.image_size).items():
+        print(f"{name}: present but incompatible, not used ({why})")
+        incompatible[name] = why
+    if not students:
+        raise UserError(f"{args.checkpoint_dir}: no usable student left to fit")
+    val = validation_records(args.data, index, rels, args.max_videos, seed)
     check_classes([r.label for r in val], str(args.data))
     cache = make_cache(args.cache_dir, dataset, settings)
     summary = build_face_cache(val, cache, workers=args.workers, face_model=settings.face_model,
@@ -262,7 +327,7 @@ def run_fit(args) -> int:
             log.warning("%s: validation AUC %.3f here, %.3f at training: are the image size, frames "
                         "per video, detector and seed the training ones?", m["name"], m["val_auc"],
                         m["trained_val_auc"])
-    paths = write_outputs(args.out or args.checkpoint_dir, ens, scores, labels, fit["fused"])
+    paths = write_outputs(args.out or args.checkpoint_dir, ens, scores, labels, fit["fused_oof"])
     print(auc_table(ens))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -13,10 +13,13 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-# A model whose validation probabilities spread less than this is not discriminating.
-COLLAPSE_STD = 1e-3
-# ...or one that calls (almost) every validation video the same class.
-COLLAPSE_MAJORITY = 0.98
+# Collapsed = no useful ranking (video AUC at or below this) ...
+COLLAPSE_AUC = 0.55
+# ...or almost no spread: the video scores' logits vary less than this. A well-ranked model
+# whose scores all sit on one side of 0.5 is *not* collapsed: the temperature fixes it.
+COLLAPSE_SPREAD = 1e-3
+# Temperature search range (log-uniform bounds of the 1-D minimisation).
+T_MIN, T_MAX = 0.01, 100.0
 
 
 def equal_error_rate(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -58,21 +61,31 @@ def video_scores(video_ids: Sequence[str], labels: Sequence[int], probs: Sequenc
     return ids, np.array([video_label[v] for v in ids]), np.array([sums[v] / counts[v] for v in ids])
 
 
-def collapse_check(probs: Sequence[float], threshold: float = 0.5) -> dict:
-    """Flags a model that predicts one class for (nearly) everything or barely varies."""
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def collapse_check(probs: Sequence[float], labels: Sequence[int] | None = None) -> dict:
+    """Collapsed = the video scores do not rank (AUC <= COLLAPSE_AUC) or barely vary.
+
+    Where the scores sit relative to 0.5 does not matter: that is calibration, not ranking."""
     p = np.asarray(probs, dtype=np.float64)
     if p.size == 0:
         return {"collapsed": True, "reason": "no validation predictions"}
-    fake_share = float((p >= threshold).mean())
-    std = float(p.std())
+    spread = float(_logit(p).std())
+    auc = math.nan
+    if labels is not None:
+        y = np.asarray(labels, dtype=np.int64)
+        if len(set(y.tolist())) == 2:
+            auc = float(roc_auc_score(y, p))
     reason = ""
-    if std < COLLAPSE_STD:
-        reason = f"predictions barely vary (std {std:.2e})"
-    elif fake_share >= COLLAPSE_MAJORITY:
-        reason = f"{fake_share:.1%} of predictions are FAKE"
-    elif fake_share <= 1 - COLLAPSE_MAJORITY:
-        reason = f"{1 - fake_share:.1%} of predictions are REAL"
-    return {"collapsed": bool(reason), "reason": reason, "fake_share": fake_share, "prob_std": std}
+    if spread < COLLAPSE_SPREAD:
+        reason = f"scores barely vary (logit std {spread:.2e})"
+    elif math.isfinite(auc) and auc <= COLLAPSE_AUC:
+        reason = f"video AUC {auc:.3f} <= {COLLAPSE_AUC} (no useful ranking)"
+    return {"collapsed": bool(reason), "reason": reason, "auc": auc, "logit_std": spread,
+            "fake_share": float((p >= 0.5).mean())}
 
 
 def softmax_fake(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
@@ -80,24 +93,53 @@ def softmax_fake(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
     return torch.softmax(logits.float() / temperature, dim=1)[:, 1].cpu().numpy()
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
-    """One scalar T minimising validation NLL of softmax(logits / T) (Guo et al., 2017)."""
+def _video_index(labels: np.ndarray, video_ids: Sequence[str] | None):
+    """Frame -> video number, and each video's label (one frame per video when ids are None)."""
+    if video_ids is None:
+        return np.arange(labels.size), labels
+    _, inverse = np.unique(np.asarray(video_ids, dtype=object).astype(str), return_inverse=True)
+    vlabels = np.zeros(int(inverse.max()) + 1, dtype=np.int64)
+    vlabels[inverse] = labels
+    return inverse, vlabels
+
+
+def video_nll(logits: torch.Tensor, labels: Sequence[int], video_ids: Sequence[str] | None,
+              temperature: float) -> float:
+    """Mean NLL of the video scores (mean frame probability) at this temperature."""
+    y = np.asarray(labels, dtype=np.int64)
+    index, vlabels = _video_index(y, video_ids)
+    return _nll(np.asarray(logits.float()[:, 1] - logits.float()[:, 0], dtype=np.float64),
+                index, vlabels, temperature)
+
+
+def _nll(margin: np.ndarray, index: np.ndarray, vlabels: np.ndarray, temperature: float) -> float:
+    frame_p = 0.5 * (1.0 + np.tanh(margin / (2.0 * temperature)))  # a stable sigmoid
+    p = np.bincount(index, frame_p, minlength=vlabels.size) / np.bincount(index, minlength=vlabels.size)
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return float(-(vlabels * np.log(p) + (1 - vlabels) * np.log1p(-p)).mean())
+
+
+def fit_temperature(logits: torch.Tensor, labels, video_ids: Sequence[str] | None = None,
+                    tol: float = 1e-4) -> float:
+    """Scalar T minimising the validation NLL of the video scores users see.
+
+    A bounded 1-D minimisation over log T in [log T_MIN, log T_MAX] (Brent's method, no
+    gradients, no step size to diverge). Returns 1.0 only when the fit is undefined (no
+    logits or one class); a T at a bound is returned as found, not replaced."""
+    from scipy.optimize import minimize_scalar
+
     logits = logits.detach().float().cpu()
-    labels = labels.detach().long().cpu()
-    if logits.numel() == 0 or labels.unique().numel() < 2:
+    y = np.asarray(labels.tolist() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+    if logits.numel() == 0 or len(set(y.tolist())) < 2:
         return 1.0
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps)
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = float(log_t.detach().exp())
-    return t if math.isfinite(t) and 0.01 < t < 100 else 1.0
+    margin = (logits[:, 1] - logits[:, 0]).double().numpy()
+    index, vlabels = _video_index(y, video_ids)
+    if len(set(vlabels.tolist())) < 2:
+        return 1.0
+    res = minimize_scalar(lambda log_t: _nll(margin, index, vlabels, math.exp(log_t)),
+                          bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
+                          options={"xatol": tol})
+    return float(math.exp(res.x))
 
 
 def evaluate(video_ids: Sequence[str], labels: Sequence[int], logits: torch.Tensor,
@@ -108,5 +150,5 @@ def evaluate(video_ids: Sequence[str], labels: Sequence[int], logits: torch.Tens
     return {
         "frame": binary_metrics(labels, probs),
         "video": binary_metrics(vlabels, vprobs),
-        "collapse": collapse_check(vprobs),
+        "collapse": collapse_check(vprobs, vlabels),
     }

@@ -23,6 +23,17 @@ from common.specialists import SPECIALISTS
 
 MODEL_NAMES = ("bg", "av", "cm", "rr", "tm")
 CLIP_MODELS = ("tm", "av")  # models whose samples are clips of clip_len frames
+# AV's audio branch and audio-visual fusion (parameter-name prefixes): they see their first
+# audio at stage 4 and get the recipe's av_audio_lr_multiplier there.
+AV_AUDIO_FUSION = ("specialist.audio_stem.", "specialist.voice_frequency.", "specialist.temporal_audio.",
+                   "specialist.av_correlation.")
+
+
+def lr_multipliers(name: str, recipe) -> dict[str, float]:
+    """Parameter-name prefix -> learning-rate factor for this model under this recipe."""
+    if name != "av" or recipe.av_audio_lr_multiplier == 1.0:
+        return {}
+    return {prefix: recipe.av_audio_lr_multiplier for prefix in AV_AUDIO_FUSION}
 
 # torchvision families whose classifier sits on a pooled conv feature map: dropping the
 # children named in _HEAD_CHILDREN leaves a module that maps images to that feature map.

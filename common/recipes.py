@@ -28,6 +28,9 @@ class StageRecipe:
     chunks: tuple[int, ...] | None = None
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
+    # AV only: factor on `lr` for the audio branch and the audio-visual fusion layers
+    # (model.AV_AUDIO_FUSION). Stages 1-2 carry no audio, so stage 4 is their first real signal.
+    av_audio_lr_multiplier: float = 1.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +49,7 @@ RECIPES: dict[str, StageRecipe] = {
         stage="stage4_dfdc", number=4, dataset="dfdc", title="DFDC",
         lr=1e-5, epochs=2, loss="weighted_ce", augmentation="maximum",
         preprocessing="clahe_bilateral", balanced_sampler=False, previous="stage2_celebdf",
-        chunks=DFDC_CHUNK_ORDER),
+        chunks=DFDC_CHUNK_ORDER, av_audio_lr_multiplier=10.0),
 }
 
 STAGES = tuple(RECIPES)

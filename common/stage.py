@@ -30,7 +30,7 @@ from common.errors import CheckpointError, UserError
 from common.face_cache import CacheWriteError
 from common.losses import build_loss
 from common.metrics import evaluate, fit_temperature
-from common.model import MODEL_NAMES, build_student, student_from_options
+from common.model import MODEL_NAMES, build_student, lr_multipliers, student_from_options
 from common.recipes import FINAL_STAGE, RECIPES, script_name
 from common import stage_data as sd
 from common.run_files import (append_jsonl, check_writable, data_summary, missing_rels, remove_stale_temps,
@@ -76,7 +76,19 @@ def resolve_start(cfg, recipe, paths) -> tuple[str, dict | None, Path | None]:
     if not prev.exists():
         raise CheckpointError(f"{prev} not found: run {script_name(cfg.model, recipe.previous)} first "
                               "(or pass --init PATH)")
-    return "previous", load_checkpoint(prev, cfg.model), prev
+    ckpt = load_checkpoint(prev, cfg.model)
+    check_finished(ckpt, prev)
+    return "previous", ckpt, prev
+
+
+def check_finished(ckpt: dict, path: Path) -> None:
+    """Refuse to start from a stage that stopped early, failed or collapsed (unless --init)."""
+    if ckpt.get("stage_finished") is True:
+        return
+    why = ckpt.get("stage_failed") or ("it stopped before its last epoch" if "stage_finished" in ckpt
+                                       else "it does not record that its stage finished")
+    raise CheckpointError(f"{path} is from an unfinished stage ({why}); finish that stage with --resume, "
+                          f"or pass --init {path} to start from it anyway")
 
 
 def build_model(cfg, start: str, ckpt: dict | None):
@@ -209,7 +221,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
     opt, sched = make_optimizer(model, cfg.lr or recipe.lr, recipe.weight_decay, sum(per_phase_steps),
-                                recipe.warmup_fraction)
+                                recipe.warmup_fraction, lr_multipliers(cfg.model, recipe))
     precision = make_precision(device, cfg.amp)
     state = {"phase": 0, "batches_done": 0, "best_auc": -math.inf, "history": [],
              "skipped": sorted(missing_rels(val_records, cache))}
@@ -223,13 +235,17 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
         init_fingerprint = ckpt.get("init_fingerprint", init_fingerprint)
         log.info("resuming at phase %d/%d (+%d batches)", state["phase"] + 1, len(phases), state["batches_done"])
 
+    val_rels = sorted(r.rel for r in val_records)  # the exact list every later report reads
+
     def checkpoint(kind: str, metrics: dict | None = None) -> dict:
         return {"model": model.state_dict(), "model_options": model.options, "stage": cfg.stage,
                 "recipe": recipe.as_dict(), "config": {k: str(v) for k, v in asdict(cfg).items()},
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": precision.scaler.state_dict(), "rng": capture_rng(), "position": dict(state),
                 "metrics": metrics or {}, "start": {"kind": start, "path": str(ckpt_path or "")},
-                "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0}
+                "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0,
+                "stage_finished": False, "data_index": sd.index_arguments(cfg, recipe),
+                "val_videos": val_rels}
 
     board = tensorboard_writer(paths, dist_info)
     last_save = time.monotonic()
@@ -282,7 +298,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
             save(dist_info, checkpoint("last"), paths.last)
             raise StageInterrupted(f"state saved to {paths.last}; rerun the same command with --resume")
         metrics, _ = validate(net, val_loader, loss_fn, precision, dist_info)
-        improved = better(metrics, state["best_auc"])
+        improved = better(metrics, state)
         line = {"epoch": epoch_index + 1, "epochs": len(phases), "chunk": phase["chunk"], "chunk_epoch": phase["epoch"] + 1,
                 "lr": sched.get_last_lr()[0], "train": stats, "val": metrics, "best": improved,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -294,6 +310,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
         state["batches_done"] = 0
         if improved:
             state["best_auc"] = auc_or_floor(metrics)
+            state["best_ok"] = not metrics["collapse"]["collapsed"]
             save(dist_info, checkpoint("best", metrics), paths.best)
         save(dist_info, checkpoint("last", metrics), paths.last)
         last_save = time.monotonic()
@@ -312,13 +329,20 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
 def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths, dist_info, state,
            stop: StopFlag | None = None) -> dict:
     """Best weights -> temperature on validation logits -> test report (Celeb-DF) -> student file."""
+    if not state.get("best_ok", True):  # selection prefers any non-collapsed epoch: none exists
+        why = f"every epoch collapsed (best validation video AUC {state['best_auc']:.3f})"
+        if dist_info.main:
+            save_checkpoint(dict(load_checkpoint(paths.best, cfg.model), stage_failed=why), paths.best)
+        raise failed(cfg, paths, dist_info, f"{why}; no student written and {paths.best.name} is "
+                     "marked unfinished (see the COLLAPSE lines above)")
     best = distributed.broadcast_object(dist_info, load_checkpoint(paths.best, cfg.model)
                                         if dist_info.main else None)
     model.load_state_dict(best["model"])
     ids, labels, logits = predict(net, val_loader, precision, dist_info)
-    temperature = fit_temperature(logits, torch.tensor(labels))
+    temperature = fit_temperature(logits, torch.tensor(labels), ids)
     calibrated = evaluate(ids, labels, logits, temperature)
     best["temperature"] = temperature
+    best["stage_finished"] = True
     best["metrics"] = dict(best["metrics"], calibrated=calibrated, temperature=temperature)
     final = {"stage": cfg.stage, "temperature": temperature, "val": calibrated,
              "best_val_video_auc": state["best_auc"], "collapsed": calibrated["collapse"]["collapsed"],
@@ -341,7 +365,9 @@ def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths
         if cfg.stage == FINAL_STAGE:
             save_checkpoint({"model": best["model"], "model_options": best["model_options"],
                              "temperature": temperature, "metrics": final, "stage": cfg.stage,
-                             "config": best["config"], "kind": "student"}, paths.student)
+                             "config": best["config"], "kind": "student", "stage_finished": True,
+                             "data_index": best["data_index"], "val_videos": best["val_videos"]},
+                            paths.student)
         reports.stage_plots(paths, state["history"], ids, labels, logits, temperature)
         reports.progress(cfg, "collapsed" if final["collapsed"] else "done", epoch=len(state["history"]),
                          epochs=len(state["history"]), main=True, best_auc=state["best_auc"],
@@ -355,8 +381,17 @@ def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths
     return final
 
 
-def better(metrics: dict, best: float) -> bool:
-    return auc_or_floor(metrics) > best
+def selection_key(metrics: dict) -> tuple[int, float]:
+    """Order of preference between epochs: any non-collapsed epoch beats every collapsed one,
+    then the higher validation video AUC."""
+    return (0 if metrics["collapse"]["collapsed"] else 1, auc_or_floor(metrics))
+
+
+def better(metrics: dict, state: dict) -> bool:
+    """Whether this epoch beats the best so far (state: best_auc, best_ok)."""
+    if state["best_auc"] == -math.inf:
+        return True
+    return selection_key(metrics) > (1 if state.get("best_ok", True) else 0, state["best_auc"])
 
 
 def auc_or_floor(metrics: dict) -> float:

@@ -27,16 +27,22 @@ class TooManyBadVideos(RuntimeError):
     """More than --max-bad-fraction of a split could not be read: do not train on scraps."""
 
 
-def index_records(cfg, recipe) -> list:
-    """Index the official tree of this stage's dataset (raises DatasetLayoutError early)."""
+def index_arguments(cfg, recipe) -> dict:
+    """The dataset-index arguments of this stage, as plain values a checkpoint can keep."""
     kw: dict = {}
     if recipe.dataset == "faceforensics":
-        kw = {"compression": cfg.compression, "splits_dir": cfg.splits}
+        kw = {"compression": cfg.compression, "splits_dir": None if cfg.splits is None else str(cfg.splits)}
     elif recipe.dataset == "celebdf":
         kw = {"seed": cfg.seed}
     elif recipe.dataset == "dfdc":
-        kw = {"parts": list(cfg.chunks or recipe.chunks), "seed": cfg.seed}
-    return index_dataset(recipe.dataset, cfg.data, **kw)
+        kw = {"parts": [int(k) for k in (cfg.chunks or recipe.chunks)], "seed": cfg.seed}
+    return {"dataset": recipe.dataset, "root": str(cfg.data), "kwargs": kw,
+            "max_videos": cfg.max_videos, "cap_seed": cfg.seed}
+
+
+def index_records(cfg, recipe) -> list:
+    """Index the official tree of this stage's dataset (raises DatasetLayoutError early)."""
+    return index_dataset(recipe.dataset, cfg.data, **index_arguments(cfg, recipe)["kwargs"])
 
 
 def cap_per_split(records: Sequence, max_videos: int | None, seed: int,

@@ -24,7 +24,7 @@ def test_stage_paths_follow_the_naming_scheme(tmp_path):
 def test_round_trip_and_stamps(tmp_path):
     save_checkpoint(_ckpt(), tmp_path / "a.pt")
     ck = load_checkpoint(tmp_path / "a.pt", "rr")
-    assert ck["format"] == FORMAT_VERSION and "torch" in ck["versions"]
+    assert ck["format"] == FORMAT_VERSION and ck["versions"]["torch"] == str(torch.__version__)
     assert torch.equal(ck["model"]["w"], torch.ones(2))
 
 
@@ -67,3 +67,18 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     random.seed(2), np.random.seed(2), torch.manual_seed(2)
     restore_rng(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_only_a_finished_stage_is_a_starting_point(tmp_path):
+    from common.stage import check_finished
+
+    path = tmp_path / "bg_stage1_faceforensics.pt"
+    check_finished({"stage_finished": True}, path)  # no error
+    cases = {"stopped before its last epoch": {"stage_finished": False},
+             "does not record that its stage finished": {},
+             "every epoch collapsed": {"stage_finished": False, "stage_failed": "every epoch collapsed"}}
+    for why, ckpt in cases.items():
+        with pytest.raises(CheckpointError) as err:
+            check_finished(ckpt, path)
+        message = str(err.value)
+        assert why in message and f"--init {path}" in message and "\n" not in message

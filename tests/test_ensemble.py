@@ -1,9 +1,10 @@
-"""The stacking ensemble: fit on the DFDC sample's validation split, predict on video files.
+"""The stacking ensemble: fit on the validation videos the students list, predict on files.
 
 Students are tiny untrained models saved straight to `<m>_model_student.pt` (training them
-through the stage scripts would take minutes). Each random student's seed is chosen so that
-it is not at chance on the (4-video) validation split; RR's head is zeroed so it says 0.5
-for everything and must get weight 0.
+through the stage scripts would take minutes), with the data contract a final stage writes
+(`data_index`, `val_videos`). Each random student's seed is chosen so that it is not at chance
+on the (4-video) validation list; RR's head is zeroed so it says 0.5 for everything and must
+get weight 0; `ll` is a BG student exported with torch.jit (the external-student contract).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import torch
 
 from common import ensemble
 from common.checkpoints import save_checkpoint
-from common.ensemble_fit import (check_classes, chance_reason, fit_combiner,
-                                 validation_records)
+from common.datasets import index_dataset
+from common.ensemble_fit import check_classes, chance_reason, fit_combiner
 from common.errors import UserError
 from common.face_cache import build_face_cache
 from common.metrics import binary_metrics
@@ -30,7 +31,19 @@ from common.model import build_student
 SMALL = ["--image-size", "32", "--frames-per-video", "2", "--face-detector", "none",
          "--workers", "0", "--device", "cpu", "--batch-size", "8"]
 SETTINGS = ensemble.Settings(image_size=32, frames_per_video=2, clip_len=3, detector="none")
-SPLIT_SEED = 42  # the stage scripts' default seed, which the fit uses to redraw the split
+SPLIT_SEED = 42  # the stage scripts' default seed
+
+
+def val_list(data: Path) -> list:
+    """The validation records a DFDC final stage over parts 0,1 would list."""
+    return sorted((r for r in index_dataset("dfdc", data, parts=[0, 1], seed=SPLIT_SEED) if r.split == "val"),
+                  key=lambda r: r.rel)
+
+
+def contract(data: Path) -> dict:
+    return {"data_index": {"dataset": "dfdc", "root": str(data), "kwargs": {"parts": [0, 1], "seed": SPLIT_SEED},
+                           "max_videos": None, "cap_seed": SPLIT_SEED},
+            "val_videos": [r.rel for r in val_list(data)], "stage_finished": True}
 
 
 def _student(name: str, seed: int, constant: bool = False):
@@ -42,48 +55,61 @@ def _student(name: str, seed: int, constant: bool = False):
     return model.eval()
 
 
-def _save(folder: Path, model, name: str | None = None) -> Path:
+def _save(folder: Path, model, name: str | None = None, extra: dict | None = None) -> Path:
     name = name or model.name
     path = folder / f"{name}_model_student.pt"
     save_checkpoint({"model": model.state_dict(), "model_options": dict(model.options, name=name),
                      "temperature": 1.0, "metrics": {"val": {"video": {"auc": 0.75}}},
-                     "stage": "stage4_dfdc", "kind": "student"}, path)
+                     "stage": "stage4_dfdc", "kind": "student", **(extra or {})}, path)
     return path
+
+
+def _script(model, path: Path) -> None:
+    """Export a student under the external contract: uint8 [B, T, 3, S, S] in, [B, 2] out."""
+    example = torch.randint(0, 256, (2, 1, 3, 32, 32), dtype=torch.uint8)
+    torch.jit.save(torch.jit.trace(model, example), str(path))
+
+
+def _off_chance(name: str, val, cache, first_seed: int = 0, preprocessing: str = "clahe_bilateral"):
+    """The first seed whose random student is not at chance on the validation list."""
+    for seed in range(first_seed, first_seed + 30):
+        model = _student(name, seed)
+        st = ensemble.Student(name, Path(), model, 1.0, preprocessing,
+                              3 if name == "av" else 1, name == "av", {})
+        _, labels, probs = ensemble.score_videos(st, val, cache, SETTINGS, torch.device("cpu"))
+        if chance_reason(binary_metrics(labels, probs)["auc"]) is None:
+            return model
+    raise AssertionError(f"no seed in {first_seed}..{first_seed + 29} gives a {name} off chance")
 
 
 @pytest.fixture(scope="module")
 def fitted(sample_root, tmp_path_factory):
-    """Checkpoint dir with bg and av (seeds off chance), rr (constant) and an incompatible ll,
-    the DFDC sample's validation face cache, and one `fit` run over them."""
+    """Checkpoint dir with bg and av (seeds off chance), rr (constant), ll (a BG student as
+    TorchScript), xx (a file of this suite naming no architecture), the DFDC sample's
+    validation face cache, and one `fit` run over them."""
     ckpt = tmp_path_factory.mktemp("students")
     cache_dir = tmp_path_factory.mktemp("cache")
     data = sample_root / "dfdc"
-    val = validation_records(data, "dfdc", SPLIT_SEED, "c23", None)
+    val = val_list(data)
     cache = ensemble.make_cache(cache_dir, "dfdc", SETTINGS)
     build_face_cache(val, cache, progress=False)
     for name in ("bg", "av"):
-        for seed in range(30):
-            model = _student(name, seed)
-            st = ensemble.Student(name, Path(), model, 1.0, "clahe_bilateral",
-                                  3 if name == "av" else 1, name == "av", {})
-            _, labels, probs = ensemble.score_videos(st, val, cache, SETTINGS, torch.device("cpu"))
-            if chance_reason(binary_metrics(labels, probs)["auc"]) is None:
-                break
-        _save(ckpt, model)
+        _save(ckpt, _off_chance(name, val, cache), extra=contract(data))
     rr = _student("rr", 0, constant=True)
-    _save(ckpt, rr)
-    _save(ckpt, rr, name="ll")  # a checkpoint of this suite whose name no builder knows
+    _save(ckpt, rr, extra=contract(data))
+    _save(ckpt, rr, name="xx")  # a checkpoint of this suite whose name no builder knows
+    ll = _off_chance("bg", val, cache, first_seed=100, preprocessing="none")  # external: raw crops
+    _script(ll, ckpt / "ll_model_student.pt")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = ensemble.main(["fit", "--checkpoint-dir", str(ckpt), "--data", str(data),
                               "--cache-dir", str(cache_dir), *SMALL])
     return {"ckpt": ckpt, "cache_dir": cache_dir, "data": data, "code": code,
-            "stdout": out.getvalue()}
+            "stdout": out.getvalue(), "ll": ll}
 
 
 def _val_video(data: Path, label: int) -> Path:
-    val = validation_records(data, "dfdc", SPLIT_SEED, "c23", None)
-    return Path(next(r.path for r in val if r.label == label))
+    return Path(next(r.path for r in val_list(data) if r.label == label))
 
 
 def _predict(capsys, *argv) -> tuple[int, str, str]:
@@ -97,24 +123,31 @@ def _predict(capsys, *argv) -> tuple[int, str, str]:
 def test_fit_writes_json_png_and_table(fitted):
     ckpt, out = fitted["ckpt"], fitted["stdout"]
     assert fitted["code"] == 0, out
-    assert "students found: bg, av, rr; missing: cm, tm" in out  # ll loads but is not usable
-    assert "ll: present but incompatible" in out
+    assert "students found: bg, av, rr, ll; missing: cm, tm" in out  # xx loads but is not usable
+    assert "xx: present but incompatible" in out and "not one of this suite's architectures" in out
     ens = json.loads((ckpt / "ensemble.json").read_text())
-    assert [m["name"] for m in ens["models"]] == ["bg", "av", "rr"]
+    assert [m["name"] for m in ens["models"]] == ["bg", "av", "rr", "ll"]
     assert ens["unavailable"]["cm"] == ens["unavailable"]["tm"] == "missing"
-    assert ens["unavailable"]["ll"].startswith("present but incompatible")
+    assert ens["unavailable"]["xx"].startswith("present but incompatible")
     assert ens["threshold"] == 0.5 and ens["split"] == "val" and ens["dataset"] == "dfdc"
     assert ens["settings"] == {"image_size": 32, "frames_per_video": 2, "clip_len": 3,
                                "detector": "none", "face_model": None}
     assert (ens["n_real"], ens["n_fake"]) == (2, 2)
     for m in ens["models"]:
         assert Path(m["checkpoint"]) == ckpt / f"{m['name']}_model_student.pt"
-        assert m["temperature"] == 1.0 and m["trained_val_auc"] == 0.75
-    assert 0.0 <= ens["val_auc"] <= 1.0
+        assert m["temperature"] == 1.0
+        assert m["trained_val_auc"] == (None if m["name"] == "ll" else 0.75)
+    # one combiner per non-empty subset of the useful students (bg, av, ll): 7
+    assert sorted(map(tuple, (c["students"] for c in ens["combiners"]))) == sorted(
+        [("bg",), ("av",), ("ll",), ("bg", "av"), ("bg", "ll"), ("av", "ll"), ("bg", "av", "ll")])
+    assert {m["name"]: m["weight"] for m in ens["models"] if m["used"]} == ens["combiners"][-1]["weights"]
+    # the headline is out-of-fold (2 folds of 2 videos), never the in-sample figure
+    assert ens["val_auc_oof"] == ens["combiners"][-1]["auc_oof"] and "val_auc" not in ens
     assert (ckpt / "ensemble_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (ckpt / "ensemble_auc.md").read_text()
-    for name in ("bg", "av", "rr", "**ensemble**"):
+    for name in ("bg", "av", "rr", "ll", "**ensemble**"):
         assert f"| {name} |" in table
+    assert "out-of-fold: each video scored by a combiner not fit on it" in table
     assert "| model | val video AUC |" in out  # the table is printed too
 
 
@@ -124,7 +157,7 @@ def test_student_at_chance_gets_weight_zero(fitted):
     rr = by_name["rr"]
     assert rr["val_auc"] == 0.5 and rr["weight"] == 0.0 and rr["used"] is False
     assert "chance" in rr["dropped_reason"]
-    for name in ("bg", "av"):  # seeds chosen off chance: both are fused
+    for name in ("bg", "av", "ll"):  # seeds chosen off chance: all are fused
         assert by_name[name]["used"] and by_name[name]["weight"] != 0.0
         assert abs(by_name[name]["val_auc"] - 0.5) >= 0.05
 
@@ -146,22 +179,54 @@ def test_combiner_weights_and_chance_rule():
     flat = np.full(40, 0.5)
     fit = fit_combiner({"bg": good, "rr": flat}, y)
     assert fit["models"]["bg"]["weight"] > 0 and fit["models"]["rr"]["weight"] == 0.0
-    assert fit["models"]["rr"]["dropped_reason"] and fit["val_auc"] > 0.9
-    assert fit["val_auc_cv"] > 0.9
+    assert fit["models"]["rr"]["dropped_reason"] and fit["val_auc_in_sample"] > 0.9
+    assert fit["val_auc_oof"] > 0.9
+    assert [c["students"] for c in fit["combiners"]] == [["bg"]]  # rr is in no combiner
     # the stored weights reproduce the fitted probabilities through ensemble.fuse
-    ens = {"intercept": fit["intercept"],
+    ens = {"intercept": fit["intercept"], "combiners": fit["combiners"],
            "models": [{"name": n, **r} for n, r in fit["models"].items()]}
     fused = [ensemble.fuse({"bg": g, "rr": 0.5}, ens)[0] for g in good]
     assert np.allclose(fused, fit["fused"], atol=1e-6)
-    # a used student that is absent is dropped from the sum (and reported)
-    p, dropped = ensemble.fuse({"rr": 0.9}, ens)
-    assert dropped == ["bg"] and p == pytest.approx(1 / (1 + math.exp(-fit["intercept"])))
+    with pytest.raises(UserError, match="none of the students the ensemble relies on"):
+        ensemble.fuse({"rr": 0.9}, ens)
     with pytest.raises(UserError, match="no student beats chance"):
         fit_combiner({"rr": flat}, y)
     with pytest.raises(UserError, match="0 real and 3 fake"):
         check_classes([1, 1, 1], "somewhere")
     assert chance_reason(math.nan) == "validation AUC undefined" and chance_reason(0.54)
     assert chance_reason(0.56) is None and chance_reason(0.3) is None
+
+
+def test_a_missing_student_means_the_combiner_fit_without_it():
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 30 + [1] * 30)
+    a = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.15, 60), 0.01, 0.99)
+    b = np.clip(0.2 + 0.4 * y + rng.normal(0, 0.2, 60), 0.01, 0.99)
+    fit = fit_combiner({"bg": a, "cm": b}, y)
+    ens = {"intercept": fit["intercept"], "combiners": fit["combiners"],
+           "models": [{"name": n, **r} for n, r in fit["models"].items()]}
+    only_a = fit_combiner({"bg": a}, y)  # what a refit without cm gives
+    for p in (0.2, 0.7):
+        got, missing = ensemble.fuse({"bg": p}, ens)
+        want = 1 / (1 + math.exp(-(only_a["intercept"] + only_a["models"]["bg"]["weight"] * ensemble.logit(p))))
+        assert missing == ["cm"] and got == pytest.approx(float(want), abs=1e-9)
+        # ...which is not what dropping cm's term from the two-student sum would say
+        full = fit["combiners"][-1]
+        dropped = 1 / (1 + math.exp(-(full["intercept"] + full["weights"]["bg"] * ensemble.logit(p))))
+        assert abs(got - float(dropped)) > 0.01
+
+
+def test_headline_is_out_of_fold_not_in_sample():
+    # Three students of pure noise that pass the chance rule by luck: fitting and scoring on
+    # the same videos flatters them; the out-of-fold figure does not.
+    rng = np.random.default_rng(7)
+    y = np.array([0] * 20 + [1] * 20)
+    noise = {n: rng.uniform(0.05, 0.95, 40) for n in ("bg", "cm", "rr", "tm", "av")}
+    fit = fit_combiner(noise, y)
+    used = [n for n, r in fit["models"].items() if r["used"]]
+    assert len(used) >= 2
+    assert len(fit["combiners"]) == 2 ** len(used) - 1
+    assert fit["val_auc_oof"] < fit["val_auc_in_sample"] - 0.05
 
 
 # ----------------------------------------------------------------------------- predict
@@ -173,21 +238,23 @@ def test_predict_json_audio_no_audio_and_a_bad_file(fitted, sample_root, tmp_pat
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     code, out, _ = _predict(capsys, dfdc_video, empty, ff_video, "--checkpoint-dir", ckpt, "--json")
+    ens = json.loads((ckpt / "ensemble.json").read_text())
     assert code == 1  # one video failed; the others are still reported
     good, bad, ff = [json.loads(line) for line in out.strip().splitlines()]
     assert bad == {"video": str(empty), "ok": False, "error": "empty file (0 bytes)"}
     assert (good["video"], ff["video"]) == (str(dfdc_video), str(ff_video))
     assert (good["audio"], ff["audio"]) == (True, False)  # AV sees audio_missing on FF++
     for r in (good, ff):
-        assert r["ok"] and 0.0 <= r["fake_probability"] <= 1.0
-        assert r["verdict"] == ("FAKE" if r["fake_probability"] >= 0.5 else "REAL")
-        assert set(r["students"]) == {"bg", "av", "rr"} and r["missing_students"] == []
-        assert all(0.0 <= s["score"] <= 1.0 for s in r["students"].values())
+        assert r["ok"] and r["verdict"] == ("FAKE" if r["fake_probability"] >= 0.5 else "REAL")
+        # the fused probability is the (bg, av, ll) combiner applied to the students' own scores
+        want, _ = ensemble.fuse({n: s["score"] for n, s in r["students"].items()}, ens)
+        assert r["fake_probability"] == pytest.approx(want, abs=1e-12)
+        assert set(r["students"]) == {"bg", "av", "rr", "ll"} and r["missing_students"] == []
+        assert r["combiner"] == ["av", "bg", "ll"] or sorted(r["combiner"]) == ["av", "bg", "ll"]
         assert r["students"]["rr"]["score"] == pytest.approx(0.5)
     # predict decodes the file itself; its score matches the fit-time path through the cache
     cache = ensemble.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
-    rec = next(r for r in validation_records(data, "dfdc", SPLIT_SEED, "c23", None)
-               if Path(r.path) == dfdc_video)
+    rec = next(r for r in val_list(data) if Path(r.path) == dfdc_video)
     bg = ensemble.load_student(ckpt / "bg_model_student.pt", "bg")
     _, _, probs = ensemble.score_videos(bg, [rec], cache, SETTINGS, torch.device("cpu"))
     assert good["students"]["bg"]["score"] == pytest.approx(float(probs[0]), abs=1e-4)
@@ -209,12 +276,70 @@ def test_predict_text_with_a_student_missing(fitted, tmp_path, capsys):
     lines = out.splitlines()
     assert lines[0] == f"{empty}: ERROR empty file (0 bytes)"
     assert lines[1].startswith(f"{video}: ") and "fused p(fake) = " in lines[1]
-    assert "approximate: bg missing" in lines[1]
-    assert [line.split()[0] for line in lines[2:]] == ["av", "rr", "bg"]
+    assert "combiner fit without bg" in lines[1]
+    assert [line.split()[0] for line in lines[2:]] == ["av", "rr", "ll", "bg"]
     assert lines[-1].split() == ["bg", "missing"]
-    assert "bg is missing" in err and "approximation" in err
+    assert "bg is missing" in err and "the combiner fit without it is used" in err
+    # the fused score is the (av, ll) combiner's, and av's weight line shows that combiner's weight
+    ens = json.loads((tmp_path / "ensemble.json").read_text())
+    c = next(c for c in ens["combiners"] if sorted(c["students"]) == ["av", "ll"])
+    assert f"weight {c['weights']['av']:+.3f}" in lines[2]
 
 
 def test_predict_without_ensemble_is_a_user_error(tmp_path, capsys):
     code, _, err = _predict(capsys, tmp_path / "a.mp4", "--checkpoint-dir", tmp_path)
     assert code == 2 and "no ensemble file" in err and str(tmp_path / "ensemble.json") in err
+
+
+# ----------------------------------------------------------------------------- external students
+
+def test_torchscript_student_scores_like_the_model_it_was_exported_from(fitted):
+    ll = ensemble.load_student(fitted["ckpt"] / "ll_model_student.pt", "ll")
+    assert ll.external and ll.clip_len == 1 and ll.temperature == 1.0 and ll.preprocessing == "none"
+    cache = ensemble.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
+    val = val_list(fitted["data"])
+    original = ensemble.Student("bg", Path(), fitted["ll"], 1.0, "none", 1, False, {})
+    ids, _, want = ensemble.score_videos(original, val, cache, SETTINGS, torch.device("cpu"))
+    got_ids, _, got = ensemble.score_videos(ll, val, cache, SETTINGS, torch.device("cpu"))
+    assert got_ids == ids and np.allclose(got, want, atol=1e-5)
+
+
+class _ThreeLogits(torch.nn.Module):
+    def forward(self, frames):
+        return frames.float().mean(dim=(1, 2, 3, 4)).unsqueeze(1).repeat(1, 3)
+
+
+def test_anything_else_is_named_and_skipped(fitted, tmp_path, capsys):
+    for f in ("bg_model_student.pt", "av_model_student.pt", "rr_model_student.pt"):
+        shutil.copy(fitted["ckpt"] / f, tmp_path / f)
+    example = torch.zeros(1, 1, 3, 32, 32, dtype=torch.uint8)
+    torch.jit.save(torch.jit.trace(_ThreeLogits(), example), str(tmp_path / "ll_model_student.pt"))
+    (tmp_path / "odd_model_student.pt").write_bytes(b"not a model")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = ensemble.main(["fit", "--checkpoint-dir", str(tmp_path), "--data", str(fitted["data"]),
+                              "--cache-dir", str(fitted["cache_dir"]), *SMALL])
+    text = out.getvalue()
+    assert code == 0, text
+    assert "ll: present but incompatible" in text and "the contract is float logits [B, 2]" in text
+    assert "odd: present but incompatible" in text and "not a readable checkpoint" in text
+    ens = json.loads((tmp_path / "ensemble.json").read_text())
+    assert [m["name"] for m in ens["models"]] == ["bg", "av", "rr"]
+    assert set(ens["unavailable"]) >= {"ll", "odd", "cm", "tm"}
+
+
+def test_fit_reads_the_checkpoints_list_and_refuses_students_without_one(fitted, tmp_path, capsys):
+    # bg's list is cut to two videos (one real, one fake): the fit must use exactly those
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    val = val_list(fitted["data"])
+    keep = [next(r.rel for r in val if r.label == 0), next(r.rel for r in val if r.label == 1)]
+    _save(ck, _student("rr", 0, constant=True), name="rr", extra=dict(contract(fitted["data"]), val_videos=keep))
+    code = ensemble.main(["fit", "--checkpoint-dir", str(ck), "--data", str(fitted["data"]),
+                          "--cache-dir", str(fitted["cache_dir"]), *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 real and 1 fake validation videos" in err
+    _save(ck, _student("rr", 0, constant=True), name="rr")  # no data contract at all
+    code = ensemble.main(["fit", "--checkpoint-dir", str(ck), "--data", str(fitted["data"]),
+                          "--cache-dir", str(fitted["cache_dir"]), *SMALL])
+    assert code == 2 and "no student records its validation videos" in capsys.readouterr().err

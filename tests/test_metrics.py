@@ -1,10 +1,11 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from common.metrics import (binary_metrics, collapse_check, equal_error_rate, evaluate,
-                            fit_temperature, video_scores)
+                            fit_temperature, video_nll, video_scores)
 
 
 def test_binary_metrics_perfect_and_inverted():
@@ -39,28 +40,61 @@ def test_video_scores_average_frames_per_full_relative_path():
     assert labels.tolist() == [1, 0] and np.allclose(probs, [0.4, 0.3])
 
 
-def test_collapse_guard_flags_constant_and_one_class_predictions():
-    assert collapse_check([0.1] * 50)["collapsed"]                      # all REAL, no spread
-    one_class = collapse_check(list(np.linspace(0.01, 0.45, 50)))       # varies, but all REAL
-    assert one_class["collapsed"] and "REAL" in one_class["reason"]
-    assert not collapse_check(list(np.linspace(0.05, 0.95, 50)))["collapsed"]
+def test_collapse_is_about_ranking_and_spread_not_the_threshold():
+    y = [0] * 25 + [1] * 25
+    constant = collapse_check([0.1] * 50, y)
+    assert constant["collapsed"] and "barely vary" in constant["reason"]
+    # Ranks perfectly but every score is below 0.5: miscalibrated, not collapsed.
+    one_side = collapse_check(list(np.linspace(0.01, 0.45, 50)), y)
+    assert not one_side["collapsed"] and one_side["auc"] == 1.0 and one_side["fake_share"] == 0.0
+    # Spreads widely but ranks at chance: collapsed.
+    chance = collapse_check([0.2, 0.8, 0.2, 0.8], [0, 0, 1, 1])
+    assert chance["collapsed"] and "AUC 0.500" in chance["reason"]
+    inverted = collapse_check([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1])
+    assert inverted["collapsed"] and inverted["auc"] == 0.0
+    assert not collapse_check([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])["collapsed"]
 
 
-def test_temperature_fit_softens_overconfident_logits():
-    torch.manual_seed(0)
-    labels = torch.randint(0, 2, (400,))
-    # Right 70% of the time but with huge margins: the fitted temperature must be > 1.
-    correct = torch.rand(400) < 0.7
-    pred = torch.where(correct, labels, 1 - labels)
-    logits = torch.nn.functional.one_hot(pred, 2).float() * 10
-    t = fit_temperature(logits, labels)
-    assert t > 2.0
-    nll = lambda temp: torch.nn.functional.cross_entropy(logits / temp, labels).item()
-    assert nll(t) < nll(1.0)
+def _calibrated_at(t_true: float, n_videos: int, frames: int, seed: int):
+    """Logits that are calibrated after dividing by t_true: labels ~ Bernoulli(sigmoid(z))."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.5, n_videos)
+    y = (rng.random(n_videos) < 1 / (1 + np.exp(-z))).astype(int)
+    margin = np.repeat(z, frames) + rng.normal(0, 0.3, n_videos * frames)
+    logits = torch.tensor(np.stack([np.zeros_like(margin), margin * t_true], 1), dtype=torch.float32)
+    ids = [f"v{i}" for i in range(n_videos) for _ in range(frames)]
+    return logits, np.repeat(y, frames), ids
+
+
+@pytest.mark.parametrize("t_true", [0.26, 0.5, 3.0, 14.0])
+@pytest.mark.parametrize("frames", [1, 4])
+def test_temperature_recovers_the_best_t_below_and_above_one(t_true, frames):
+    logits, labels, ids = _calibrated_at(t_true, 3000, frames, seed=1)
+    t = fit_temperature(logits, torch.tensor(labels), ids)
+    grid = t_true * np.exp(np.linspace(-1.2, 1.2, 801))  # 0.3% steps
+    best = grid[np.argmin([video_nll(logits, labels, ids, g) for g in grid])]
+    assert abs(t - best) / best < 0.05, (t, best)
+    assert abs(t - t_true) / t_true < 0.15, (t, t_true)  # and the best is near the truth
+    assert video_nll(logits, labels, ids, t) <= video_nll(logits, labels, ids, 1.0)
+
+
+def test_temperature_is_fitted_on_video_scores_not_frames():
+    # Two frames per video, one confidently right and one confidently wrong: frame NLL and
+    # video NLL disagree, and the fit follows the video scores.
+    logits, labels, ids = _calibrated_at(2.0, 2000, 3, seed=2)
+    t_video = fit_temperature(logits, torch.tensor(labels), ids)
+    t_frame = fit_temperature(logits, torch.tensor(labels))
+    nll_v = lambda t: video_nll(logits, labels, ids, t)
+    assert nll_v(t_video) <= nll_v(t_frame) + 1e-9
+
+
+def test_temperature_undefined_for_one_class_is_one():
+    assert fit_temperature(torch.randn(10, 2), torch.ones(10, dtype=torch.long)) == 1.0
+    assert fit_temperature(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)) == 1.0
 
 
 def test_evaluate_reports_frame_video_and_collapse():
     logits = torch.tensor([[2.0, -2.0], [1.0, -1.0], [-2.0, 2.0], [-1.0, 1.0]])
     out = evaluate(["a", "a", "b", "b"], [0, 0, 1, 1], logits)
     assert out["frame"]["auc"] == 1.0 and out["video"]["n"] == 2 and out["video"]["auc"] == 1.0
-    assert "collapsed" in out["collapse"]
+    assert out["collapse"]["collapsed"] is False and out["collapse"]["auc"] == 1.0

@@ -40,6 +40,19 @@ SMALL = ["--backbone", "mobilenet_v3_small", "--pretrained", "none", "--image-si
 STEPS_PER_EPOCH = 2  # 4 train videos x 2 frames / batch 4
 
 
+# The same switch for the scripts run in subprocesses, as a sitecustomize shim.
+UNTRAINED = "import common.metrics\ncommon.metrics.COLLAPSE_AUC = -1.0\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def untrained_students_are_not_collapsed():
+    """Two epochs on four videos give a chance-level AUC, which the collapse rule would stop
+    with exit 3 (tests/test_training.py tests the rule); switched off here."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("common.metrics.COLLAPSE_AUC", -1.0)
+        yield
+
+
 def stage_args(data: Path, work: Path, *extra: str, cache: Path | None = None) -> list[str]:
     """SMALL with later flags winning (argparse keeps the last value of a repeated flag)."""
     return ["--data", str(data), "--checkpoint-dir", str(work / "ck"),
@@ -136,7 +149,10 @@ def test_torchrun_two_processes_match_one_process(ff, straight, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            f"--master_port={_free_port()}", str(SCRIPT),
            *stage_args(ff, work, "--batch-size", "2", cache=straight / "cache")]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    shim = tmp_path / "untrained"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(UNTRAINED)
+    env = dict(os.environ, PYTHONPATH=f"{shim}{os.pathsep}{REPO}")
     out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     one, two = metric_lines(straight), metric_lines(work)
@@ -203,7 +219,7 @@ def run_until_paused(tmp_path: Path, args: list[str], mode: str, at: int):
     """Start the real script with the shim; return (process, log path) once it has paused."""
     shim = tmp_path / "shim"
     shim.mkdir(exist_ok=True)
-    (shim / "sitecustomize.py").write_text(SHIM)
+    (shim / "sitecustomize.py").write_text(UNTRAINED + SHIM)
     env = dict(os.environ, PYTHONPATH=f"{shim}{os.pathsep}{REPO}", FAULT_MODE=mode,
                FAULT_DIR=str(shim), FAULT_AT=str(at))
     log = tmp_path / f"{mode}.log"

@@ -73,6 +73,7 @@ def test_a_run_refreshes_the_table_at_every_epoch(sample_root, tmp_path, monkeyp
         snapshots.append(Path(path).read_text())
 
     monkeypatch.setattr(status, "update_status_file", spy)
+    monkeypatch.setattr("common.metrics.COLLAPSE_AUC", -1.0)  # two epochs on four videos: chance AUC
     code = run_stage("cm", "stage1_faceforensics", [
         "--data", str(sample_root / "faceforensics"), "--checkpoint-dir", str(tmp_path / "ck"),
         "--cache-dir", str(tmp_path / "cache"), "--backbone", "mobilenet_v3_small", "--pretrained", "none",
@@ -81,5 +82,18 @@ def test_a_run_refreshes_the_table_at_every_epoch(sample_root, tmp_path, monkeyp
     assert code == 0
     assert any("| CM | stage1_faceforensics | running epoch 2 of 2 |" in s for s in snapshots)
     final = doc.read_text()
-    assert "| CM | stage1_faceforensics | done |" in final or "| CM | stage1_faceforensics | collapsed |" in final
+    assert "| CM | stage1_faceforensics | done |" in final
     assert final.split(status.START)[0] == (REPO / "TRAINING_STATUS.md").read_text().split(status.START)[0]
+
+
+def test_a_stage_whose_every_epoch_collapsed_shows_as_failed(sample_root, tmp_path, monkeypatch):
+    monkeypatch.setattr("common.metrics.COLLAPSE_AUC", 1.01)
+    ck = tmp_path / "ck"
+    code = run_stage("rr", "stage1_faceforensics", [
+        "--data", str(sample_root / "faceforensics"), "--checkpoint-dir", str(ck),
+        "--cache-dir", str(tmp_path / "cache"), "--backbone", "mobilenet_v3_small", "--pretrained", "none",
+        "--image-size", "32", "--frames-per-video", "2", "--epochs", "1", "--batch-size", "8",
+        "--workers", "0", "--max-videos", "4", "--no-status"])
+    assert code == 3
+    row = next(r for r in status.all_states(ck) if (r["model"], r["stage"]) == ("rr", "stage1_faceforensics"))
+    assert row["state"].startswith("failed") and status.main(["--checkpoint-dir", str(ck)]) == 1
