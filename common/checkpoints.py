@@ -1,5 +1,8 @@
 """Checkpoint files: names on disk, atomic writes, strict loading, RNG state.
 
+torch is imported inside the functions that need it, so the status table and the file
+helpers load without it.
+
 Every write goes to a temporary file in the same folder, is fsynced, then renamed over
 the target, so a crash or a full disk mid-save leaves the previous file intact.
 """
@@ -14,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from common.errors import CheckpointError
 
@@ -71,12 +73,16 @@ def _remove_quietly(p: str) -> None:
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     """Atomically save a checkpoint dict, stamped with the format version and library versions."""
+    import torch
+
     obj = dict(obj, format=FORMAT_VERSION, versions=library_versions())
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) -> dict:
     """Load a checkpoint of this suite; refuse other files, newer formats and other models."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -97,6 +103,7 @@ def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) 
 
 
 def library_versions() -> dict:
+    import torch
     import torchvision
 
     return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
@@ -105,6 +112,8 @@ def library_versions() -> dict:
 
 def capture_rng() -> dict:
     """Python, NumPy and torch RNG state, as tensors and plain values (loadable weights_only)."""
+    import torch
+
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
@@ -117,6 +126,8 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
+    import torch
+
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]

@@ -18,10 +18,10 @@ from torch import nn
 from torchvision import models as tvm
 
 from common.errors import UserError
+from common.recipes import MODEL_NAMES
 from common.preprocess import normalisation_constants, normalize_uint8
 from common.specialists import SPECIALISTS
 
-MODEL_NAMES = ("bg", "av", "cm", "rr", "tm")
 CLIP_MODELS = ("tm", "av")  # models whose samples are clips of clip_len frames
 # AV's audio branch and audio-visual fusion (parameter-name prefixes): they see their first
 # audio at stage 4 and get the recipe's av_audio_lr_multiplier there.

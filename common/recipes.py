@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+MODEL_NAMES = ("bg", "av", "cm", "rr", "tm")  # the five students, in the status table's order
 DFDC_CHUNK_ORDER = (9, 8, 3, 5, 7, 2, 6, 4, 1, 0)  # most to least balanced part
 
 

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from common.checkpoints import atomic_write, stage_paths
-from common.model import MODEL_NAMES
-from common.recipes import RECIPES
+from common.recipes import MODEL_NAMES, RECIPES
 
 START = "<!-- training-progress:start (rewritten by the training scripts; edit outside) -->"
 END = "<!-- training-progress:end -->"
@@ -104,8 +103,12 @@ def live_row(model: str, stage: str, state: str, epoch: int, epochs: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Print the training progress table from checkpoint files.")
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    p = argparse.ArgumentParser(prog="python -m common.status",
+                                description="Print the training progress table from checkpoint files; "
+                                            "exit 1 when a stage failed or collapsed.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                   help="the folder the stage scripts wrote into")
     args = p.parse_args(argv)
     if not args.checkpoint_dir.is_dir():
         print(f"error: checkpoint folder {args.checkpoint_dir} does not exist", file=sys.stderr)

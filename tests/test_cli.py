@@ -11,14 +11,25 @@ from common.recipes import RECIPES
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _imports(*command: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    out = subprocess.run([sys.executable, "-X", "importtime", *command], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    return out, {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+
+
 def test_help_does_not_import_torch():
-    out = subprocess.run([sys.executable, "-X", "importtime", "train_tm_stage4_dfdc.py", "--help"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out, imported = _imports("train_tm_stage4_dfdc.py", "--help")
     assert out.returncode == 0
     assert "usual invocations" in out.stdout
-    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "common.cli" in imported
     assert not {"torch", "torchvision", "cv2", "av"} & imported
+
+
+def test_status_table_does_not_import_torch(tmp_path):
+    (tmp_path / "ck").mkdir()
+    out, imported = _imports("-m", "common.status", "--checkpoint-dir", str(tmp_path / "ck"))
+    assert "common.status" in imported and "torch" not in imported
+    assert out.returncode == 0 and "| BG | stage1_faceforensics |" in out.stdout
 
 
 @pytest.mark.parametrize("stage", list(RECIPES))
