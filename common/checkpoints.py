@@ -8,6 +8,7 @@ the target, so a crash or a full disk mid-save leaves the previous file intact.
 """
 from __future__ import annotations
 
+import io
 import os
 import platform
 import random
@@ -21,6 +22,9 @@ import numpy as np
 from common.errors import CheckpointError
 
 FORMAT_VERSION = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give: every file we write gets the same mode
 
 
 class CheckpointWriteError(CheckpointError):
@@ -54,6 +58,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp makes 0600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
@@ -76,7 +81,11 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     import torch
 
     obj = dict(obj, format=FORMAT_VERSION, versions=library_versions())
-    atomic_write(path, lambda f: torch.save(obj, f))
+    # Serialised in memory first: torch.save wraps a failed file write (ENOSPC) in a
+    # RuntimeError, while a plain write raises the OSError that names the disk's problem.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) -> dict:

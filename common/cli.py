@@ -26,6 +26,7 @@ class StageConfig:
     cache_dir: Path = Path("cache")
     init: Path | None = None
     resume: bool = False
+    overwrite: bool = False
     epochs: int | None = None
     lr: float | None = None
     batch_size: int = 32
@@ -120,7 +121,10 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
     a("--cache-dir", type=Path, default=Path("cache"), help="face cache shared by all five models")
     a("--init", type=Path, help="start from this checkpoint instead of the previous stage's "
       f"({'ImageNet backbone' if recipe.previous is None else f'{model}_{recipe.previous}.pt'} by default)")
-    a("--resume", action="store_true", help="continue from this stage's _last.pt where it stopped")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from this stage's _last.pt where it stopped")
+    again.add_argument("--overwrite", action="store_true",
+                       help="train this stage again over its existing checkpoints")
     a("--epochs", type=positive_int, default=recipe.epochs,
       help=f"epochs{' per chunk' if recipe.chunks else ''} (default: %(default)s, the recipe's)")
     a("--lr", type=positive_float, default=recipe.lr, help="peak learning rate (default: %(default)s, the recipe's)")

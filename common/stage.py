@@ -33,6 +33,7 @@ from common.metrics import evaluate, fit_temperature
 from common.model import MODEL_NAMES, build_student, lr_multipliers, student_from_options
 from common.recipes import FINAL_STAGE, RECIPES, script_name
 from common import stage_data as sd
+from common.run_guard import acquire, check_not_overwriting, check_resume_flags, release, run_flags
 from common.run_files import (append_jsonl, check_writable, data_summary, missing_rels, remove_stale_temps,
                                report_epoch, skipped_path, tensorboard_writer, write_skipped)
 
@@ -63,11 +64,16 @@ def resolve_start(cfg, recipe, paths) -> tuple[str, dict | None, Path | None]:
     """Where weights come from: ('resume'|'init'|'previous'|'scratch', checkpoint, its path)."""
     if cfg.resume:
         if paths.last.exists():
-            return "resume", load_checkpoint(paths.last, cfg.model), paths.last
+            ckpt = load_checkpoint(paths.last, cfg.model)
+            check_resume_flags(run_flags(cfg), ckpt.get("flags"), paths.last)
+            return "resume", ckpt, paths.last
         # Killed before its first checkpoint (e.g. during face extraction): a restarted job
         # passes --resume anyway, so begin as a fresh run would (the face cache is kept).
         log.warning("--resume: %s does not exist yet (the run stopped before its first checkpoint); "
                     "starting the stage from the beginning", paths.last)
+    if not cfg.overwrite:
+        finished = paths.best.exists() and load_checkpoint(paths.best, cfg.model).get("stage_finished") is True
+        check_not_overwriting(paths.best, paths.last, finished)
     if cfg.init is not None:
         return "init", load_checkpoint(cfg.init, cfg.model), cfg.init
     if recipe.previous is None:
@@ -160,7 +166,9 @@ def train_stage(cfg) -> dict:
         device = torch.device("cuda", dist_info.local_rank)
     paths = stage_paths(cfg.checkpoint_dir, cfg.model, cfg.stage)
     stop = StopFlag(dist_info, device)
+    lock = None
     try:
+        lock = take_lock(cfg, paths, dist_info)
         return _train(cfg, recipe, device, dist_info, paths, stop)
     except (NonFiniteLossError, sd.TooManyBadVideos, CheckpointWriteError, CacheWriteError) as e:
         raise failed(cfg, paths, dist_info, str(e)) from e
@@ -170,7 +178,24 @@ def train_stage(cfg) -> dict:
         raise failed(cfg, paths, dist_info, f"a write failed: {e}") from e
     finally:
         stop.close()
+        if lock is not None:
+            release(lock)
         distributed.cleanup(dist_info)
+
+
+def take_lock(cfg, paths, dist_info) -> Path | None:
+    """Rank 0 locks the stage against a second run in the same folder; every rank learns
+    whether it may go on (a refusal on rank 0 alone would leave the others waiting)."""
+    lock, refusal = None, None
+    if dist_info.main:
+        try:
+            lock = acquire(paths.best.with_suffix(".lock"), f"{cfg.model} {cfg.stage}")
+        except UserError as e:
+            refusal = str(e)
+    refusal = distributed.broadcast_object(dist_info, refusal)
+    if refusal:
+        raise UserError(refusal)
+    return lock
 
 
 def failed(cfg, paths, dist_info, why: str) -> TrainingFailed:
@@ -186,6 +211,7 @@ def failed(cfg, paths, dist_info, why: str) -> TrainingFailed:
 
 def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
     torch.manual_seed(cfg.seed)
+    flags = run_flags(cfg)  # as given: clip_len may be inherited from the start checkpoint below
     start, ckpt, ckpt_path = resolve_start(cfg, recipe, paths)  # fail fast, before any data work
     if dist_info.main:
         check_writable(cfg.checkpoint_dir)
@@ -243,10 +269,15 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": precision.scaler.state_dict(), "rng": capture_rng(), "position": dict(state),
                 "metrics": metrics or {}, "start": {"kind": start, "path": str(ckpt_path or "")},
-                "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0,
+                "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0, "flags": flags,
                 "stage_finished": False, "data_index": sd.index_arguments(cfg, recipe),
                 "val_videos": val_rels}
 
+    if cfg.overwrite and start != "resume" and dist_info.main:
+        # Asked for, and only now that data and model are known good: the old run's files
+        # must not mix with the new one's.
+        for old in (paths.best, paths.last, paths.metrics):
+            old.unlink(missing_ok=True)
     board = tensorboard_writer(paths, dist_info)
     last_save = time.monotonic()
     train_set = loader = sampler = loss_fn = None

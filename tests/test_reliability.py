@@ -283,17 +283,20 @@ class _Killed(BaseException):
 def test_kill_during_a_checkpoint_write_never_reads_the_half_file(ff, straight, tmp_path, monkeypatch):
     import common.checkpoints as ck_mod
 
-    real_save, calls = torch.save, {"n": 0}
+    real_write, calls = ck_mod.atomic_write, {"n": 0}
 
-    def dies_half_way(obj, f, *a, **k):
+    def half_then_killed(f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        f.flush()
+        raise _Killed
+
+    def dies_half_way(path, write, mode="wb"):
         calls["n"] += 1
         if calls["n"] == 3:  # epoch 2's first checkpoint write
-            f.write(b"PK\x03\x04 half a checkpoint")
-            f.flush()
-            raise _Killed
-        return real_save(obj, f, *a, **k)
+            return real_write(path, half_then_killed, mode)
+        return real_write(path, write, mode)
 
-    monkeypatch.setattr(torch, "save", dies_half_way)
+    monkeypatch.setattr(ck_mod, "atomic_write", dies_half_way)
     monkeypatch.setattr(ck_mod, "_remove_quietly", lambda p: None)  # a killed process cleans nothing
     args = stage_args(ff, tmp_path, cache=straight / "cache")
     with pytest.raises(_Killed):
@@ -525,10 +528,10 @@ USER_ERRORS = {
 def test_user_errors_exit_2_with_one_line_and_touch_nothing(ff, straight, tmp_path, capsys, case):
     make, expected = USER_ERRORS[case]
     work = tmp_path / "work"
-    shutil.copytree(straight / "ck", work / "ck")  # a finished run that must survive intact
-    extra = make(tmp_path)
+    shutil.copytree(straight / "ck", work / "ck")  # a finished run that must survive intact,
+    extra = make(tmp_path)                              # even one asked to be overwritten
     before = snapshot(work)
-    assert run_stage(MODEL, STAGE, stage_args(ff, work, *extra)) == EXIT_USER_ERROR
+    assert run_stage(MODEL, STAGE, stage_args(ff, work, *extra, "--overwrite")) == EXIT_USER_ERROR
     line = one_line(capsys.readouterr().err)
     assert line.startswith("error: ") and expected in line
     assert snapshot(work) == before
@@ -583,30 +586,89 @@ def test_bad_flag_values_are_refused_by_the_parser(tmp_path, capsys, flag, value
 
 # ----------------------------------------------------------------------------- 4. full disk
 
-def test_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoints(ff, straight, tmp_path, monkeypatch,
-                                                                             capsys):
-    real_save, calls, kept = torch.save, {"n": 0}, {}
-    paths = paths_of(tmp_path)
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 70 MB filesystem (tmpfs): room for one epoch's best + last checkpoints (29 MB
+    each), not for the next epoch's. Needs root to mount; skipped otherwise."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the full-disk path is not exercised here")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=70m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); full-disk path not exercised")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
 
-    def disk_fills_up(obj, f, *a, **k):
-        calls["n"] += 1
-        if calls["n"] >= 3:  # from epoch 2 on
-            kept.update(snapshot(tmp_path / "ck"))
-            f.write(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *a, **k)
 
-    monkeypatch.setattr(torch, "save", disk_fills_up)
-    code = run_stage(MODEL, STAGE, stage_args(ff, tmp_path, cache=straight / "cache"))
-    monkeypatch.undo()
+def test_full_disk_during_a_checkpoint_write_exits_3_and_keeps_the_previous_checkpoints(
+        ff, straight, small_disk, capsys):
+    work = small_disk
+    code = run_stage(MODEL, STAGE, stage_args(ff, work, cache=straight / "cache"))
     assert code == EXIT_TRAINING_FAILED
     line = message(capsys.readouterr().err)
     assert line.startswith("training failed: cannot write ") and "No space left on device" in line
-    for p in (paths.best, paths.last):
-        assert p.read_bytes() == kept[str(p)]
+    paths = paths_of(work)
+    for p in (paths.best, paths.last):  # epoch 1's files, whole and loadable
         assert load_checkpoint(p, MODEL)["position"]["phase"] == 1
-    assert temp_files(tmp_path / "ck") == []
-    assert "failed" in metric_lines(tmp_path)[-1]
+    assert temp_files(work / "ck") == []
+    assert [x["epoch"] for x in metric_lines(work) if "epoch" in x] == [1]
+
+
+def test_every_file_of_a_run_has_one_mode(straight):
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (straight / "ck").iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes
+    assert set(modes.values()) == {0o666 & ~_umask()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------------- 6. guards
+
+def test_a_second_run_of_a_live_stage_is_refused(ff, straight, tmp_path, capsys):
+    lock = paths_of(tmp_path).best.with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname()}))
+        code = run_stage(MODEL, STAGE, stage_args(ff, tmp_path, cache=straight / "cache"))
+    finally:
+        owner.kill()
+        owner.wait()
+    assert code == EXIT_USER_ERROR
+    line = one_line(capsys.readouterr().err)
+    assert "already running" in line and f"pid {owner.pid}" in line
+    assert sorted(p.name for p in lock.parent.iterdir()) == [lock.name]  # nothing written
+    # The owner is gone: its lock is stale, and the next run takes it over and removes it.
+    assert run_stage(MODEL, STAGE, stage_args(ff, tmp_path, cache=straight / "cache")) == 0
+    assert not lock.exists()
+
+
+def test_a_finished_stage_is_kept_unless_overwrite(ff, straight, tmp_path, capsys):
+    shutil.copytree(straight / "ck", tmp_path / "ck")
+    before = snapshot(tmp_path / "ck")
+    assert run_stage(MODEL, STAGE, stage_args(ff, tmp_path, cache=straight / "cache")) == EXIT_USER_ERROR
+    assert "is a finished stage; pass --overwrite" in one_line(capsys.readouterr().err)
+    assert snapshot(tmp_path / "ck") == before
+    assert run_stage(MODEL, STAGE, stage_args(ff, tmp_path, "--overwrite", cache=straight / "cache")) == 0
+    lines = metric_lines(tmp_path)
+    assert [x["epoch"] for x in lines if "epoch" in x] == [1, 2]  # one run's epochs, not two runs'
+    assert sum("final" in x for x in lines) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--image-size", "48"), ("--backbone", "resnet18"),
+                                         ("--clip-len", "4"), ("--frames-per-video", "3")])
+def test_resume_refuses_a_changed_shaping_flag(ff, straight, tmp_path, capsys, flag, value):
+    shutil.copytree(straight / "ck", tmp_path / "ck")
+    code = run_stage(MODEL, STAGE, stage_args(ff, tmp_path, "--resume", flag, value, cache=straight / "cache"))
+    assert code == EXIT_USER_ERROR
+    line = message(capsys.readouterr().err)
+    assert f"--resume with {flag} {value}" in line and flag in line.split("trained with")[1]
 
 
 def test_full_disk_during_a_cache_write_stops_and_blames_no_video(ff, tmp_path, monkeypatch, capsys):
