@@ -43,7 +43,7 @@ class StageConfig:
     skip_missing_chunks: bool = False
     compression: str = "c23"
     splits: Path | None = None
-    face_detector: str = "haar"
+    face_detector: str = "yunet"
     face_model: Path | None = None
     max_bad_fraction: float = 0.05
     status_file: Path | None = Path("TRAINING_STATUS.md")
@@ -106,8 +106,8 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
     a("--max-videos", type=positive_int, help="cap videos per split (smoke runs)")
     a("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto = CUDA when present")
     a("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    a("--face-detector", choices=("haar", "yunet", "none"), default="haar",
-      help="haar (built in), yunet (needs --face-model) or none (videos are face crops already)")
+    a("--face-detector", choices=("yunet", "haar", "none"), default="yunet",
+      help="yunet (default; model from --face-model or the per-user cache), haar or none (videos are face crops already)")
     a("--face-model", type=Path, help="YuNet .onnx model for --face-detector yunet")
     a("--max-bad-fraction", type=fraction, default=0.05, help="stop if more than this share of a split is unreadable")
     a("--status-file", type=Path, default=Path("TRAINING_STATUS.md"), help="progress table to refresh")

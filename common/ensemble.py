@@ -52,7 +52,7 @@ class Settings:
     image_size: int = 224
     frames_per_video: int = 32
     clip_len: int = 8         # frames per cached run: the longest clip any student reads
-    detector: str = "haar"
+    detector: str = "yunet"
     face_model: str | None = None
 
 
