@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Sequence
@@ -84,7 +85,9 @@ def resolve_yunet_model(face_model: str | os.PathLike | None = None,
             log.info("downloading the YuNet face model once into %s", cached)
             _download_yunet(cached)
             return cached
-        except (OSError, ValueError) as exc:  # offline, proxy, DNS, read-only cache
+        except UserError:
+            raise
+        except Exception as exc:  # offline, proxy, DNS, read-only cache: one line below
             log.debug("YuNet download failed: %s", exc)
     raise UserError(f"YuNet face model {YUNET_FILE} not found and could not be downloaded; put it "
                     f"at {cached} (from {YUNET_URL}, or set {MODEL_DIR_ENV} to its folder), or pass "
