@@ -138,7 +138,7 @@ def test_points_without_a_face_nearby_are_dropped_and_few_faces_skip(tmp_path):
     s = build_face_cache([rec(tmp_path, "little")], cache, workers=0, progress=False)
     assert s["skipped"] == {"few_faces": 1}
     marker = json.loads((cache.dir / "vids__little.skip.json").read_text())
-    assert marker["reason"] == "few_faces" and "of 8 sample points" in marker["detail"]
+    assert marker["reason"] == "few_faces" and "of 4 sample points" in marker["detail"]
 
 
 def test_second_run_does_no_work_and_remembers_skips(data, tmp_path):
