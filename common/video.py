@@ -18,6 +18,10 @@ from common.errors import UserError
 
 # A gap longer than this (in seconds) is cheaper to seek over than to decode through.
 SEEK_GAP_S = 2.0
+# Absurd headers are refused before any frame is decoded: a 7 KB file claiming 16000x16000
+# would otherwise take gigabytes of memory per worker.
+MAX_SIDE = 8192
+MAX_DURATION_S = 2 * 3600.0
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 
@@ -82,6 +86,14 @@ def _stream_duration(container, stream) -> float:
     return 0.0
 
 
+def _check_limits(path, width: int, height: int, duration_s: float) -> None:
+    if max(int(width or 0), int(height or 0)) > MAX_SIDE:
+        raise BadVideoError(path, f"frame size {width}x{height} is over the {MAX_SIDE} px limit")
+    if duration_s > MAX_DURATION_S:
+        raise BadVideoError(path, f"duration {duration_s / 3600:.1f} h is over the "
+                                  f"{MAX_DURATION_S / 3600:g} h limit")
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Size, rate and length of a video; raises BadVideoError when it cannot be decoded."""
     container = _open(path)
@@ -89,6 +101,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         stream = container.streams.video[0]
         fps = _rate(stream)
         duration = _stream_duration(container, stream)
+        _check_limits(path, stream.codec_context.width, stream.codec_context.height, duration)
         n_frames = int(stream.frames or 0)
         if n_frames <= 0 and duration > 0:
             n_frames = int(round(duration * fps))
@@ -113,6 +126,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         width, height = width or first.width, height or first.height
         if duration <= 0:
             duration = n_frames / fps
+        _check_limits(path, width, height, duration)
         return VideoInfo(n_frames=n_frames, fps=fps, width=width, height=height,
                          duration_s=duration, has_audio=bool(container.streams.audio))
     finally:
