@@ -265,6 +265,7 @@ def _run_job(job: _Job) -> tuple[str, str, str]:
         with cache.locked(rec.rel):  # another process may be extracting it: wait, then reuse
             if cache.is_complete(rec.rel):
                 return rec.rel, "cached", ""
+            cache.remove_stale_temps(rec.rel)
             reason = None if job.retry_skipped else cache.skip_reason(rec)
             if reason:
                 return rec.rel, reason, "skipped by another run"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -123,7 +124,8 @@ class FaceCache:
             meta = json.loads(p["meta"].read_text())
         except (OSError, ValueError):
             return None
-        if meta.get("version") != CACHE_VERSION or not p["crops"].is_file():
+        # an entry of an older format (version 1 reused a real's boxes for its fakes) is redone
+        if meta.get("version", CACHE_VERSION) != CACHE_VERSION or not p["crops"].is_file():
             return None
         if meta.get("audio", {}).get("present") and not p["mel"].is_file():
             return None
@@ -159,6 +161,17 @@ class FaceCache:
         except (OSError, ValueError):
             return None
         return marker.get("reason") if marker.get("stamp") == file_stamp(record.path) else None
+
+    def remove_stale_temps(self, rel: str) -> int:
+        """Temp files a killed writer left for this video. Call only while holding its lock:
+        every writer of these files holds it, so none of them is still being written."""
+        n = 0
+        for target in self.paths(rel).values():
+            prefix = glob.escape(str(target.parent / f".{target.name}."))
+            for stale in glob.glob(prefix + "*tmp*"):
+                Path(stale).unlink(missing_ok=True)
+                n += 1
+        return n
 
     @contextlib.contextmanager
     def locked(self, rel: str, should_stop: Callable[[], bool] | None = None,

@@ -152,20 +152,21 @@ def test_second_run_does_no_work_and_remembers_skips(data, tmp_path):
     assert (s["done"], s["cached"], s["skipped"]) == (0, 3, {"no_face": 1, "bad_video": 1})
 
 
-def test_interrupted_run_is_resumed_and_other_temp_files_are_left_alone(data, tmp_path):
+def test_interrupted_run_is_resumed_and_its_leftovers_tidied(data, tmp_path):
     cache = new_cache(tmp_path)
     build_face_cache(data["records"], cache, workers=0, progress=False)
     before = np.array(cache.entry("vids/real_b.mp4")[0])
-    # a run killed while writing real_b (or one still writing it): crops there, json not yet
+    # a run killed while writing real_b: crops there, json not yet, temp files about
     (cache.dir / "vids__real_b.json").unlink()
-    other = [cache.dir / ".vids__real_b.json.tmp-999-dead", cache.dir / ".vids__real_b.npy.x.tmp"]
-    for p in other:
+    dead = [cache.dir / ".vids__real_b.json.tmp-999-dead", cache.dir / ".vids__real_b.npy.x.tmp"]
+    live = cache.dir / ".vids__real_a.npy.y.tmp"  # another video's: not this lock's to judge
+    for p in dead + [live]:
         p.write_bytes(b"half")
     assert cache.entry("vids/real_b.mp4") is None and not cache.is_complete("vids/real_b.mp4")
     s = build_face_cache(data["records"], cache, workers=0, progress=False)
     assert (s["done"], s["cached"]) == (1, 2)
     np.testing.assert_array_equal(cache.entry("vids/real_b.mp4")[0], before)
-    assert all(p.is_file() for p in other)  # never another process's files
+    assert not any(p.exists() for p in dead) and live.is_file()
 
 
 def test_shards_partition_records_and_keep_fakes_with_their_source(data, tmp_path):
