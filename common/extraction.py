@@ -28,7 +28,7 @@ from common.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_
 from common.errors import UserError
 from common.face_cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
                                file_stamp, shard_of, write_file, write_json)
-from common.faces import (DEFAULT_DETECTOR, DETECTORS, crop_box, detect_size, fill_near, is_flat,
+from common.faces import (BOX_SCALE, DEFAULT_DETECTOR, DETECTORS, YUNET_SCORE, crop_box, detect_size, fill_near, is_flat,
                           largest_face, make_detector, square_box)
 from common.video import BadVideoError, RegionConverter, count_frames, iter_decoded, luma, probe, \
     sample_points
@@ -47,6 +47,15 @@ def face_settings(detector) -> dict:
     return {"detector": detector.name, "max_side": getattr(detector, "max_side", None),
             "score_threshold": getattr(detector, "score_threshold", None),
             "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE}
+
+
+def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640) -> dict:
+    """face_settings() without loading a detector: the checkpoint's "faces" record."""
+    return {"detector": detector, "face_model": None if face_model in (None, "None") else str(face_model),
+            "max_side": max_side if detector != "none" else None,
+            "score_threshold": YUNET_SCORE if detector == "yunet" else None,
+            "box_scale": 1.0 if detector == "none" else BOX_SCALE, "max_gap_s": MAX_GAP_S,
+            "min_usable": MIN_USABLE}
 
 
 # ----------------------------------------------------------------------------- one video

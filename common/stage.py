@@ -27,6 +27,7 @@ from common.datasets import part_dirs
 from common.engine import (NonFiniteLossError, make_optimizer, make_precision, predict,
                            train_one_epoch, validate)
 from common.errors import CheckpointError, UserError
+from common.extraction import recorded_face_settings
 from common.face_cache import CacheWriteError
 from common.losses import build_loss
 from common.metrics import evaluate, fit_temperature
@@ -229,7 +230,8 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": precision.scaler.state_dict(), "rng": capture_rng(), "position": dict(state),
                 "metrics": metrics or {}, "start": {"kind": start, "path": str(ckpt_path or "")},
-                "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0}
+                "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0,
+                "faces": recorded_face_settings(cfg.face_detector, cfg.face_model)}
 
     board = tensorboard_writer(paths, dist_info)
     last_save = time.monotonic()
@@ -341,7 +343,8 @@ def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths
         if cfg.stage == FINAL_STAGE:
             save_checkpoint({"model": best["model"], "model_options": best["model_options"],
                              "temperature": temperature, "metrics": final, "stage": cfg.stage,
-                             "config": best["config"], "kind": "student"}, paths.student)
+                             "config": best["config"], "kind": "student", "faces": best.get("faces")},
+                            paths.student)
         reports.stage_plots(paths, state["history"], ids, labels, logits, temperature)
         reports.progress(cfg, "collapsed" if final["collapsed"] else "done", epoch=len(state["history"]),
                          epochs=len(state["history"]), main=True, best_auc=state["best_auc"],
