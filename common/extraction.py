@@ -386,17 +386,21 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     summary: dict = {"total": len(mine), "done": 0, "reused_boxes": 0, "cached": 0,
                      "skipped": Counter(), "failed": [], "audio_failed": 0, "stopped": False,
                      "shard": [i, n], "cache_dir": str(cache.dir)}
-    pending = []
+    pending, missing = [], []
     for rec in mine:
         if cache.is_complete(rec.rel):
             summary["cached"] += 1
+            continue
+        if not os.path.exists(rec.path):  # listed by the dataset, not on disk
+            summary["skipped"]["missing"] += 1
+            missing.append(rec)
             continue
         reason = None if retry_skipped else cache.skip_reason(rec)
         if reason:
             summary["skipped"][reason] += 1
             continue
         pending.append(rec)
-    if pending:
+    if pending or missing:
         try:
             cache.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -404,6 +408,9 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
                             f"{exc.strerror or exc} (check --cache-dir)") from None
         if not os.access(cache.dir, os.W_OK):
             raise UserError(f"the face cache folder {cache.dir} is not writable (check --cache-dir)")
+    for rec in missing:  # named in skipped.txt; retried once the file appears (stamp None)
+        write_json(cache.paths(rec.rel)["skip"], {"reason": "missing", "stamp": None,
+                                                   "detail": "listed in the dataset but not on disk"})
     model = face_model if cache.detector == "yunet" else None
     jobs = [_Job(rec, cache, cache.detector, None if model is None else str(model), detect_max_side,
                  decode_audio, retry_skipped) for rec in pending]
