@@ -61,3 +61,29 @@ def test_points_where_the_footage_cuts_to_a_graphic_are_dropped(tmp_path, yunet)
     assert meta["kept"] == [i for i in range(10) if i not in on_graphic]
     assert not [c for c in centres if 75 <= c < 175], centres
     assert all(largest_face(yunet.detect(np.asarray(c[0]))) is not None for c in crops)
+
+
+def test_sigterm_ends_a_pooled_extraction_within_seconds(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "common.faces", "--dataset", "faceforensics",
+           "--data", str(REAL / "ffpp"), "--cache-dir", str(tmp_path), "--image-size", "64",
+           "--frames-per-video", "64", "--clip-len", "2", "--workers", "2", "--no-progress",
+           "--no-audio"]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.rglob("*.lock")):
+        time.sleep(0.05)  # a worker holds a video: extraction is under way
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 10, err
+    assert proc.returncode == 3 and "stopped early" in out, (out, err)
+    entries = list(tmp_path.rglob("*.json"))
+    assert len([p for p in entries if not p.name.endswith(".skip.json")]) < 6
