@@ -24,7 +24,8 @@ def test_extraction_benchmark_runs(tmp_path):
         "--seconds", "1", "--fps", "10", "--rounds", "1", "--naive-frames", "1",
         "--frames-per-video", "2", "--clip-len", "2", "--image-size", "32"])
     check(res, "extraction")
-    assert res["figures"]["extract_vs_decode"] > 0 and res["videos"][0]["n_frames"] == 10
+    assert res["figures"]["yunet_vs_decode_cpu"] > 0 and res["figures"]["haar_vs_decode_cpu"] > 0
+    assert res["videos"][0]["n_frames"] == 10 and set(res["videos"][0]["breakdown_s"]) == {"yunet", "haar"}
 
 
 def test_loader_benchmark_runs(tmp_path):
@@ -84,7 +85,7 @@ def test_region_conversion_is_the_full_frame_conversion(frame):
     ((-10, -6, 40, 44), 0), ((100, 60, 150, 110), 0), ((200, 200, 240, 240), 0),  # crop_box
 ])
 def test_face_crops_from_decoded_frames_match_crop_box(frame, box, tolerance):
-    from common.face_cache import _Cropper
+    from common.extraction import _Cropper
     from common.faces import crop_box, make_detector
 
     got = _Cropper(make_detector("none"), 32).crop(frame, box)
