@@ -211,3 +211,16 @@ def test_absurd_headers_are_bad_videos_before_any_decoding(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(huge)], cwd=repo, capture_output=True,
                          text=True, timeout=60, check=True).stdout.split("\n")
     assert "8192 px limit" in out[0] and int(out[1]) < 200 * 1024  # VmHWM is in kB
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "yuv444p"])
+def test_a_region_of_any_planar_yuv_frame_converts_alone(fmt):
+    """FF++ c23 decodes to yuv444p: its crops must not convert the whole frame either."""
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=fmt)
+    full = frame.to_ndarray(format="rgb24")
+    conv = video.RegionConverter()
+    for box in [(3, 5, 100, 77), (0, 0, 160, 120), (31, 17, 64, 50)]:
+        assert conv._blocks(frame, *box) is not None  # the fast path, not the fallback
+        got = conv.rgb(frame, *box)
+        np.testing.assert_array_equal(got, full[box[1]:box[3], box[0]:box[2]])
