@@ -270,7 +270,7 @@ def __getattr__(name: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m common.faces` is `python -m common.extraction` (kept: the README names it)."""
-    from common.extraction import main as extraction_main
+    from common.extraction_cli import main as extraction_main
 
     return extraction_main(argv)
 

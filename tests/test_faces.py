@@ -208,8 +208,10 @@ def test_worker_processes_give_the_same_cache_and_a_dead_worker_is_named(data, t
         np.testing.assert_array_equal(solo.entry(r.rel)[0], pool.entry(r.rel)[0])
     # a worker that dies is noticed at once, retried once, then named (exit 3 in scripts)
     t0 = time.monotonic()
+    deadly = tmp_path / "deadly.mp4"
+    deadly.write_bytes(Path(records[1].path).read_bytes())  # a fine file; the job kills
     with pytest.raises(WorkerDiedError, match="deadly.mp4"):
-        build_face_cache([Deadly("/x/deadly.mp4")], new_cache(tmp_path / "c"), workers=2,
+        build_face_cache([Deadly(str(deadly))], new_cache(tmp_path / "c"), workers=2,
                          decode_audio=False, progress=False)
     assert time.monotonic() - t0 < 60
 
