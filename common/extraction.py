@@ -265,12 +265,15 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_job(job: _Job) -> tuple[str, str, str]:
+def _run_job(job: _Job, stop: Callable[[], bool] | None = None) -> tuple[str, str, str]:
     """(rel, status, detail): status is done | cached | bad_video | no_face | few_faces |
-    write_error | failed; detail of done is "audio_failed" when the audio did not decode."""
+    write_error | failed | stopped (`stop()` ended the wait for another process's lock);
+    detail of done is "audio_failed" when the audio did not decode."""
     rec, cache = job.record, job.cache
     try:
-        with cache.locked(rec.rel):  # another process may be extracting it: wait, then reuse
+        with cache.locked(rec.rel, stop) as got:  # another process may hold it: wait, reuse
+            if not got:
+                return rec.rel, "stopped", ""
             if cache.is_complete(rec.rel):
                 return rec.rel, "cached", ""
             cache.remove_stale_temps(rec.rel)
@@ -314,7 +317,7 @@ def _results(jobs: list[_Job], workers: int, stop: Callable[[], bool], poll_s: f
         for job in jobs:
             if stop():
                 return
-            yield _run_job(job)
+            yield _run_job(job, stop)
         return
     import multiprocessing as mp
 
@@ -422,6 +425,8 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
                 summary["audio_failed"] += detail == "audio_failed"
             elif status == "cached":
                 summary["cached"] += 1
+            elif status == "stopped":
+                break
             elif status == "write_error":
                 raise CacheWriteError(f"{detail} (writing {rel}; the entries already written are kept)")
             elif status == "failed":

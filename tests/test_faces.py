@@ -327,3 +327,17 @@ def test_download_is_verified_and_renamed_into_place(tmp_path, monkeypatch):
     assert path == tmp_path / "models" / faces.YUNET_FILE and path.read_bytes() == blob
     assert [p.name for p in (tmp_path / "models").iterdir()] == [faces.YUNET_FILE]
     assert isinstance(make_detector("yunet"), YuNetDetector)
+
+
+def test_a_video_locked_by_another_writer_is_not_extracted_twice(data, tmp_path):
+    cache = new_cache(tmp_path)
+    r = data["records"][1]
+    with cache.locked(r.rel) as got:  # another open file description: as another process
+        assert got
+        t0 = time.monotonic()
+        s = build_face_cache([r], cache, progress=False,
+                             should_stop=lambda: time.monotonic() - t0 > 0.5)
+        assert s["stopped"] and s["done"] == 0 and not cache.is_complete(r.rel)
+        assert time.monotonic() - t0 < 5  # the wait for the lock listens to SIGTERM
+    s = build_face_cache([r], cache, progress=False)
+    assert s["done"] == 1 and cache.lock_path(r.rel).is_file()
