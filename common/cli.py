@@ -44,7 +44,7 @@ class StageConfig:
     skip_missing_chunks: bool = False
     compression: str = "c23"
     splits: Path | None = None
-    face_detector: str = "haar"
+    face_detector: str = "yunet"
     face_model: Path | None = None
     max_bad_fraction: float = 0.05
     status_file: Path | None = Path("TRAINING_STATUS.md")
@@ -139,8 +139,9 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
     a("--max-videos", type=positive_int, help="cap videos per split (smoke runs; default: all)")
     a("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto = CUDA when present")
     a("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
-    a("--face-detector", choices=("haar", "yunet", "none"), default="haar",
-      help="haar (built in), yunet (needs --face-model) or none (videos are face crops already)")
+    a("--face-detector", choices=("yunet", "haar", "none"), default="yunet",
+      help="yunet (model from --face-model or the per-user cache), haar, or none (videos are "
+           "face crops already)")
     a("--face-model", type=Path, help="YuNet .onnx model for --face-detector yunet")
     a("--max-bad-fraction", type=fraction, default=0.05, help="stop if more than this share of a split is unreadable")
     a("--status-file", type=Path, default=Path("TRAINING_STATUS.md"), help="progress table to refresh")

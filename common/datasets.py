@@ -198,6 +198,7 @@ def index_faceforensics(root: str | Path, compression: str = "c23",
                 continue
             items.append((_rel(p, root), p, 1, ids[0], ids[1]))
 
+    items += _ff_missing(items, root, splits_dir, used, compression, report)
     split_of, group_of = _ff_assign(items, root, splits_dir, report)
     real_rel = {t: rel for rel, _, label, t, _ in items if label == 0}
     records = [VideoRecord(str(p), rel, label, group_of[t], split_of[rel], False,
@@ -207,6 +208,34 @@ def index_faceforensics(root: str | Path, compression: str = "c23",
         records += _index_dfd(root, compression, report)
     _finish("FaceForensics++", root, records, report)
     return records
+
+
+def _ff_missing(items, root: Path, splits_dir, used: list[str], compression: str,
+                report: IndexReport) -> list:
+    """Videos the official split files list (each id's original, and both fakes of each pair
+    for every method in use) that are not on disk: records with their expected path, which
+    extraction marks `missing` (named in skipped.txt, counted as unusable)."""
+    folder = Path(splits_dir) if splits_dir is not None else root / "splits"
+    official = _read_ff_splits(folder, explicit=splits_dir is not None)
+    if official is None:
+        return []
+    have = {rel for rel, *_ in items}
+    expected: dict[str, tuple] = {}
+    for pairs in official.values():
+        for a, b in pairs:
+            for i in (a, b):
+                rel = f"original_sequences/youtube/{compression}/videos/{i}.mp4"
+                expected.setdefault(rel, (0, i, None))
+            for m in used:
+                for t, src in ((a, b), (b, a)):
+                    rel = f"manipulated_sequences/{m}/{compression}/videos/{t}_{src}.mp4"
+                    expected.setdefault(rel, (1, t, src))
+    out = []
+    for rel, (label, t, src) in sorted(expected.items()):
+        if rel not in have:
+            report.skip(root / rel, "listed in the split files but missing on disk")
+            out.append((rel, root / rel, label, t, src))
+    return out
 
 
 def _ff_assign(items, root: Path, splits_dir, report: IndexReport):
@@ -450,13 +479,14 @@ def index_dfdc(root: str | Path, parts: Iterable[int] | None = None, val_fractio
             report.skip(files[name], "not listed in metadata.json")
         for name, entry in sorted(meta.items()):
             if name not in files:
+                # Kept as a record: extraction marks it `missing`, so it is named in
+                # skipped.txt and counts towards --max-bad-fraction like any unusable video.
                 report.skip(folder / name, "listed in metadata.json but missing on disk")
-                continue
+            path = files.get(name, folder / name)
             fake = entry["label"].upper() == "FAKE"
             original = entry.get("original") if fake else None
             original = original if isinstance(original, str) and original else None
-            items.append((files[name], _rel(files[name], root), int(fake), original or name,
-                          original, k))
+            items.append((path, _rel(path, root), int(fake), original or name, original, k))
     rel_of = {p.name: rel for p, rel, *_ in items}
     val_groups = _dfdc_val(items, val_fraction, seed)
     records = [VideoRecord(str(p), rel, label, group, "val" if group in val_groups else "train",

@@ -35,7 +35,8 @@ from common.cli import positive_int
 from common.datasets import VideoRecord
 from common.engine import make_precision, predict
 from common.errors import CheckpointError, UserError
-from common.face_cache import FaceCache, NoFaceError, extract_video
+from common.extraction import extract_video, face_settings
+from common.face_cache import FaceCache, NoFaceError
 from common.faces import DETECTORS, make_detector
 from common.metrics import softmax_fake, video_scores
 from common.model import CLIP_MODELS, MODEL_NAMES, StudentModel, student_from_options
@@ -57,7 +58,7 @@ class Settings:
     image_size: int = 224
     frames_per_video: int = 32
     clip_len: int = 8         # frames per cached run: the longest clip any student reads
-    detector: str = "haar"
+    detector: str = "yunet"
     face_model: str | None = None
 
 
@@ -305,6 +306,18 @@ def format_result(res: dict) -> str:
     return "\n".join(lines)
 
 
+def warn_face_settings(students: dict[str, Student], used: dict) -> None:
+    """Crops must come from the settings the students were validated with (checkpoint key
+    "faces"); say so when they do not, since scores would then drift from the metrics."""
+    keys = ("detector", "max_side", "score_threshold", "box_scale", "max_gap_s", "min_usable")
+    for name, st in students.items():
+        rec = st.checkpoint.get("faces") or {}
+        diff = [k for k in keys if k in rec and rec[k] != used.get(k)]
+        if diff:
+            print(f"warning: {name} was validated on crops with other face settings "
+                  f"({', '.join(f'{k} {rec[k]} vs {used.get(k)}' for k in diff)})", file=sys.stderr)
+
+
 def run_predict(args) -> int:
     ckpt_dir = Path(args.checkpoint_dir or (args.ensemble.parent if args.ensemble else "checkpoints"))
     ens = load_ensemble(args.ensemble or ckpt_dir / ENSEMBLE_FILE)
@@ -312,6 +325,7 @@ def run_predict(args) -> int:
     device = pick_device(args.device)
     settings = Settings(**ens["settings"])
     detector = make_detector(settings.detector, settings.face_model)
+    warn_face_settings(students, face_settings(detector))
     failed = 0
     for video in args.videos:
         try:
@@ -340,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-videos", type=positive_int, help="cap validation videos (half real, half fake)")
     f.add_argument("--image-size", type=positive_int, help="face crop side (default: training config or 224)")
     f.add_argument("--frames-per-video", type=positive_int, help="default: training config or 32")
-    f.add_argument("--face-detector", choices=DETECTORS, help="default: training config or haar")
+    f.add_argument("--face-detector", choices=DETECTORS, help="default: training config or yunet")
     f.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
     f.add_argument("--seed", type=int, help="seed of the --max-videos cap (default: training config or 42); "
                                             "the videos themselves come from the students' checkpoints")

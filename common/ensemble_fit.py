@@ -80,7 +80,7 @@ def choose_settings(students: dict[str, Student], args) -> tuple[Settings, int]:
         frames_per_video=_agreed(args.frames_per_video, configs, "frames_per_video", 32, int),
         # the longest clip any student was built for: the training cache is then reused as is
         clip_len=max(int(s.model.options.get("clip_len", 1)) for s in students.values()),
-        detector=_agreed(args.face_detector, configs, "face_detector", "haar", str),
+        detector=_agreed(args.face_detector, configs, "face_detector", "yunet", str),
         face_model=_agreed(args.face_model, configs, "face_model", None, str))
     return settings, _agreed(args.seed, configs, "seed", 42, int)
 

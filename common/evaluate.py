@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-videos", type=positive_int, help="cap the videos scored (half real, half fake)")
     p.add_argument("--image-size", type=positive_int, help="default: training config or 224")
     p.add_argument("--frames-per-video", type=positive_int, help="default: training config or 32")
-    p.add_argument("--face-detector", choices=DETECTORS, help="default: training config or haar")
+    p.add_argument("--face-detector", choices=DETECTORS, help="default: training config or yunet")
     p.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
     p.add_argument("--seed", type=int, help="seed of the --max-videos cap (default: training config or 42)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -1,19 +1,23 @@
-"""Face detectors, face boxes and crops; `python -m common.faces` pre-extracts a face cache.
+"""Face detectors, face boxes and crops.
 
 Detectors return boxes (x0, y0, x1, y1, score) in full-frame pixel coordinates:
-  haar  OpenCV's bundled frontal Haar cascade, run on a downscaled grayscale frame
-  yunet cv2.FaceDetectorYN with a user-supplied ONNX model (--face-model)
+  yunet cv2.FaceDetectorYN (OpenCV's CNN detector, the default); its ONNX model comes from
+        --face-model, else the per-user model cache, else a one-time verified download
+  haar  OpenCV's bundled frontal Haar cascade (an explicit choice only: it misses profile
+        faces and small or textured scenes that YuNet finds)
   none  the whole frame is the face (datasets that are already face crops)
 
-The cache itself (FaceCache, build_face_cache) lives in common/face_cache.py and is
-re-exported here, since the contract names this module.
+Extraction (the detector pool, sampling, the CLI) lives in common/extraction.py and the cache
+format in common/face_cache.py; both are re-exported here, since the contract names this module.
 """
 from __future__ import annotations
 
-import argparse
+import hashlib
 import logging
 import os
 import sys
+import urllib.request
+from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -21,11 +25,73 @@ import numpy as np
 
 from common.errors import UserError
 
-DETECTORS = ("haar", "yunet", "none")
+DETECTORS = ("yunet", "haar", "none")
+DEFAULT_DETECTOR = "yunet"
 BOX_SCALE = 1.3  # the crop is this much larger than the detected face, around its centre
+YUNET_SCORE = 0.6  # YuNet's confidence threshold
 Box = tuple[int, int, int, int]
 
+# The official YuNet release (OpenCV Zoo, MIT licence), fetched once into the model cache.
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+YUNET_URL = ("https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/"
+             "face_detection_yunet_2023mar.onnx")
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+MODEL_DIR_ENV = "DEEPFAKE_MODEL_DIR"  # overrides the per-user model cache folder
+
 log = logging.getLogger(__name__)
+
+
+def model_cache_dir() -> Path:
+    """Per-user folder of downloaded models: $DEEPFAKE_MODEL_DIR, else
+    $XDG_CACHE_HOME/deepfake-suite/models (~/.cache/deepfake-suite/models)."""
+    if os.environ.get(MODEL_DIR_ENV):
+        return Path(os.environ[MODEL_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deepfake-suite" / "models"
+
+
+def _download_yunet(target: Path) -> None:
+    """Fetch the official file, check its sha256, rename it into place (atomic: a killed or
+    concurrent download never leaves a half file under the final name)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+    try:
+        with urllib.request.urlopen(YUNET_URL, timeout=60) as resp, open(tmp, "wb") as f:
+            data = resp.read()
+            f.write(data)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != YUNET_SHA256:
+            raise UserError(f"{YUNET_URL}: downloaded file has sha256 {digest}, expected "
+                            f"{YUNET_SHA256}; not used")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_yunet_model(face_model: str | os.PathLike | None = None,
+                        download: bool = True) -> Path:
+    """The YuNet model file: --face-model, else the per-user cache, else a one-time download.
+    UserError (exit 2) with what to do when none of them gives a file."""
+    if face_model not in (None, "", "None"):
+        path = Path(face_model).expanduser()
+        if not path.is_file():
+            raise UserError(f"{path}: YuNet face model file not found (--face-model)")
+        return path
+    cached = model_cache_dir() / YUNET_FILE
+    if cached.is_file():
+        return cached
+    if download:
+        try:
+            log.info("downloading the YuNet face model once into %s", cached)
+            _download_yunet(cached)
+            return cached
+        except UserError:
+            raise
+        except Exception as exc:  # offline, proxy, DNS, read-only cache: one line below
+            log.debug("YuNet download failed: %s", exc)
+    raise UserError(f"YuNet face model {YUNET_FILE} not found and could not be downloaded; put it "
+                    f"at {cached} (from {YUNET_URL}, or set {MODEL_DIR_ENV} to its folder), or pass "
+                    f"--face-model PATH, or use --face-detector haar")
 
 
 def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -36,6 +102,12 @@ def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
         frame = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
                            interpolation=cv2.INTER_AREA)
     return frame, scale
+
+
+def detect_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:
+    """(w, h, scale) of a frame shrunk so its long side is <= max_side."""
+    scale = min(1.0, max_side / float(max(width, height))) if max_side else 1.0
+    return max(1, round(width * scale)), max(1, round(height * scale)), scale
 
 
 class HaarDetector:
@@ -66,34 +138,40 @@ class HaarDetector:
 
 
 class YuNetDetector:
-    """cv2.FaceDetectorYN (YuNet); needs the ONNX model file, e.g.
-    face_detection_yunet_2023mar.onnx from the OpenCV model zoo."""
+    """cv2.FaceDetectorYN (YuNet) on a frame downscaled to max_side."""
 
     name = "yunet"
     box_scale = BOX_SCALE
+    takes_bgr_small = True  # detect_small() takes a BGR frame already downscaled by the decoder
 
-    def __init__(self, model_path: str | os.PathLike | None, max_side: int = 640,
-                 score_threshold: float = 0.6):
-        if not model_path or not os.path.isfile(model_path):
-            raise UserError(f"{model_path}: YuNet face model file not found "
-                            "(pass --face-model PATH to an ONNX YuNet model)")
+    def __init__(self, model_path: str | os.PathLike | None = None, max_side: int = 640,
+                 score_threshold: float = YUNET_SCORE):
+        path = resolve_yunet_model(model_path)
         try:
-            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320),
+            self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320),
                                                   score_threshold, 0.3, 5000)
         except cv2.error as exc:
             msg = " ".join(str(exc).split())[-200:]
-            raise UserError(f"{model_path}: not a usable YuNet model ({msg})") from None
-        self.max_side = max_side
+            raise UserError(f"{path}: not a usable YuNet model ({msg})") from None
+        self.model_path, self.max_side, self.score_threshold = str(path), max_side, score_threshold
+        self._size = (0, 0)
 
-    def detect(self, frame: np.ndarray) -> list[tuple[float, float, float, float, float]]:
-        small, scale = _downscale(frame, self.max_side)
-        h, w = small.shape[:2]
-        self._net.setInputSize((w, h))
-        _, faces = self._net.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    def detect_small(self, bgr: np.ndarray, scale: float) -> list[tuple[float, float, float, float, float]]:
+        """Faces in a BGR frame that was shrunk by `scale`, in full-frame coordinates."""
+        h, w = bgr.shape[:2]
+        if (w, h) != self._size:
+            self._net.setInputSize((w, h))
+            self._size = (w, h)
+        _, faces = self._net.detect(bgr)
         if faces is None:
             return []
         return [(f[0] / scale, f[1] / scale, (f[0] + f[2]) / scale, (f[1] + f[3]) / scale,
                  float(f[-1])) for f in np.asarray(faces).tolist()]
+
+    def detect(self, frame: np.ndarray) -> list[tuple[float, float, float, float, float]]:
+        """Faces in an RGB frame (any size)."""
+        small, scale = _downscale(frame, self.max_side)
+        return self.detect_small(cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2BGR), scale)
 
 
 class NoDetector:
@@ -108,9 +186,9 @@ class NoDetector:
         return [(0.0, 0.0, float(w), float(h), 1.0)]
 
 
-def make_detector(name: str, model_path: str | os.PathLike | None = None,
+def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | os.PathLike | None = None,
                   max_side: int = 640):
-    """Detector by name: "haar", "yunet" (needs model_path) or "none"."""
+    """Detector by name: "yunet" (model resolved by resolve_yunet_model), "haar" or "none"."""
     if name == "haar":
         return HaarDetector(max_side=max_side)
     if name == "yunet":
@@ -143,14 +221,23 @@ def face_box(frame: np.ndarray, detector) -> Box | None:
     return None if face is None else square_box(face, detector.box_scale)
 
 
-def fill_missing(boxes: Sequence[Box | None]) -> list[Box] | None:
-    """Replace each None by the nearest found box in time (the earlier one on a tie);
-    None when no box was found at all."""
+def fill_near(boxes: Sequence[Box | None], times_s: Sequence[float],
+              max_gap_s: float = 0.5) -> list[Box | None]:
+    """Each None replaced by the box found nearest in time, when it is at most max_gap_s
+    away (the earlier one on a tie); farther than that it stays None: no face, no crop."""
     found = [i for i, b in enumerate(boxes) if b is not None]
-    if not found:
-        return None
-    return [boxes[i] if boxes[i] is not None else boxes[min(found, key=lambda j: abs(j - i))]
-            for i in range(len(boxes))]
+    out: list[Box | None] = list(boxes)
+    for i, b in enumerate(boxes):
+        if b is None and found:
+            j = min(found, key=lambda k: (abs(times_s[k] - times_s[i]), k))
+            if abs(times_s[j] - times_s[i]) <= max_gap_s + 1e-9:
+                out[i] = boxes[j]
+    return out
+
+
+def is_flat(crop: np.ndarray, min_std: float = 4.0) -> bool:
+    """A crop with (almost) no texture: a uniform patch is not a face, whatever a detector says."""
+    return float(np.asarray(crop, dtype=np.float32).std()) < min_std
 
 
 def crop_box(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
@@ -170,94 +257,22 @@ def crop_box(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
 
 
 def __getattr__(name: str):
-    # Lazy re-export: face_cache imports this module, so a top-level import would be circular.
-    if name in ("FaceCache", "build_face_cache", "cache_key", "video_key", "shard_of"):
+    # Lazy re-export of the cache API (the contract names this module); a top-level import
+    # would make faces -> extraction -> faces a cycle.
+    if name in ("FaceCache", "cache_key", "video_key", "shard_of"):
         from common import face_cache
         return getattr(face_cache, name)
+    if name in ("build_face_cache", "extract_video", "video_crops"):
+        from common import extraction
+        return getattr(extraction, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def format_summary(summary: dict, cache) -> str:
-    """The CLI's report of a build_face_cache summary."""
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped"].items())) or "none"
-    lines = [f"{cache.dir}: {summary['done']} extracted ({summary['reused_boxes']} with boxes "
-             f"of their source), {summary['cached']} already cached, skipped: {skipped}, "
-             f"failed: {len(summary['failed'])}, {summary['seconds']:.1f} s "
-             f"(shard {summary['shard'][0]}/{summary['shard'][1]})"]
-    lines += [f"  failed {rel}: {why}" for rel, why in summary["failed"]]
-    return "\n".join(lines)
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    parts = text.split("/")
-    try:
-        i, n = int(parts[0]), int(parts[1])
-        if len(parts) != 2 or n < 1 or not 0 <= i < n:
-            raise ValueError
-    except (ValueError, IndexError):
-        raise UserError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}") from None
-    return i, n
-
-
-def _preprocessing(choice: str, dataset: str) -> str:
-    """The cache's preprocessing: the one the dataset's training stage reads, unless told."""
-    if choice != "stage":
-        return choice
-    from common.recipes import RECIPES
-
-    return next(r.preprocessing for r in RECIPES.values() if r.dataset == dataset)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m common.faces",
-        description="Detect, crop and cache the faces (and log-mel audio) of a dataset.")
-    parser.add_argument("--dataset", required=True, choices=("faceforensics", "celebdf", "dfdc"))
-    parser.add_argument("--data", required=True, help="dataset root, official layout")
-    parser.add_argument("--cache-dir", default="cache")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--frames-per-video", type=int, default=32)
-    parser.add_argument("--clip-len", type=int, default=8)
-    parser.add_argument("--face-detector", default="haar", choices=DETECTORS)
-    parser.add_argument("--face-model", default=None, help="ONNX model for --face-detector yunet")
-    parser.add_argument("--detect-max-side", type=int, default=640,
-                        help="detect on frames downscaled to this long side")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="worker processes (0 = in this process)")
-    parser.add_argument("--shard", default="0/1",
-                        help="I/N: this machine extracts shard I of N (videos split by source)")
-    parser.add_argument("--preprocessing", choices=("stage", "none", "clahe", "clahe_bilateral"),
-                        default="stage", help="stored with the crops; 'stage' = what the dataset's "
-                        "training stage uses (FF++ none, Celeb-DF clahe, DFDC clahe_bilateral)")
-    parser.add_argument("--no-audio", action="store_true", help="skip the log-mel extraction")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    """`python -m common.faces` is `python -m common.extraction` (kept: the README names it)."""
+    from common.extraction_cli import main as extraction_main
 
-    from common import face_cache
-    from common.datasets import index_dataset
-
-    try:
-        shard = _parse_shard(args.shard)
-        for flag, value in (("--image-size", args.image_size), ("--clip-len", args.clip_len),
-                            ("--frames-per-video", args.frames_per_video)):
-            if value < 1:
-                raise UserError(f"{flag} must be >= 1, got {value}")
-        if args.face_detector == "yunet":
-            make_detector("yunet", args.face_model)  # fail on a bad model before indexing
-        records = index_dataset(args.dataset, args.data)
-        cache = face_cache.FaceCache(args.cache_dir, args.dataset, args.image_size,
-                                     args.frames_per_video, args.clip_len, args.face_detector,
-                                     _preprocessing(args.preprocessing, args.dataset))
-        summary = face_cache.build_face_cache(
-            records, cache, workers=args.workers, shard=shard, decode_audio=not args.no_audio,
-            progress=not args.no_progress, face_model=args.face_model,
-            detect_max_side=args.detect_max_side)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(summary, cache))
-    return 1 if summary["failed"] else 0
+    return extraction_main(argv)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def skipped_path(paths) -> Path:
 
 
 def skip_reason(cache, rel: str) -> str:
-    """'bad_video: <why>' / 'no_face: <why>' from the cache's skip marker, else a failed extraction."""
+    """'<reason>: <why>' from the cache's skip marker (bad_video, no_face, few_faces, missing),
+    else a failed extraction."""
     try:
         marker = json.loads(cache.paths(rel)["skip"].read_text())
         return " ".join(f"{marker['reason']}: {marker.get('detail', '')}".split())

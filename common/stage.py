@@ -27,6 +27,7 @@ from common.datasets import part_dirs
 from common.engine import (NonFiniteLossError, make_optimizer, make_precision, predict,
                            train_one_epoch, validate)
 from common.errors import CheckpointError, UserError
+from common.extraction import recorded_face_settings
 from common.face_cache import CacheWriteError
 from common.losses import build_loss
 from common.metrics import evaluate, fit_temperature
@@ -271,7 +272,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
                 "metrics": metrics or {}, "start": {"kind": start, "path": str(ckpt_path or "")},
                 "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0, "flags": flags,
                 "stage_finished": False, "data_index": sd.index_arguments(cfg, recipe),
-                "val_videos": val_rels}
+                "val_videos": val_rels, "faces": recorded_face_settings(cfg.face_detector, cfg.face_model)}
 
     if cfg.overwrite and start != "resume" and dist_info.main:
         # Asked for, and only now that data and model are known good: the old run's files
@@ -397,7 +398,8 @@ def finish(cfg, recipe, model, net, precision, val_loader, records, cache, paths
             save_checkpoint({"model": best["model"], "model_options": best["model_options"],
                              "temperature": temperature, "metrics": final, "stage": cfg.stage,
                              "config": best["config"], "kind": "student", "stage_finished": True,
-                             "data_index": best["data_index"], "val_videos": best["val_videos"]},
+                             "data_index": best["data_index"], "val_videos": best["val_videos"],
+                             "faces": best.get("faces")},
                             paths.student)
         reports.stage_plots(paths, state["history"], ids, labels, logits, temperature)
         reports.progress(cfg, "collapsed" if final["collapsed"] else "done", epoch=len(state["history"]),

@@ -81,10 +81,15 @@ def ensure_cached(records: Sequence, cache: FaceCache, cfg, dist_info, what: str
     return summary
 
 
+MIN_BAD_TO_STOP = 3  # a split stops only when more than 2 of its videos are unusable
+
+
 def check_bad_fraction(dataset: FaceSamples, total: int, limit: float, split: str,
                        skipped_file: Path) -> None:
-    """Stop when too much of a split is unreadable; name the file that lists the skipped videos."""
-    if total and dataset.missing / total > limit:
+    """Stop when too much of a split is unusable: a share above `limit` AND more than 2
+    videos (one odd file in an 8-video split is 12.5%, but no reason to stop). Unusable =
+    missing, bad_video, no_face, few_faces or failed. Names the file that lists them."""
+    if total and dataset.missing >= MIN_BAD_TO_STOP and dataset.missing / total > limit:
         raise TooManyBadVideos(
             f"{dataset.missing} of {total} {split} videos ({dataset.missing / total:.1%}) have no usable "
             f"face crops (limit {limit:.0%}, --max-bad-fraction); see {skipped_file}")

@@ -18,6 +18,10 @@ from common.errors import UserError
 
 # A gap longer than this (in seconds) is cheaper to seek over than to decode through.
 SEEK_GAP_S = 2.0
+# Absurd headers are refused before any frame is decoded: a 7 KB file claiming 16000x16000
+# would otherwise take gigabytes of memory per worker.
+MAX_SIDE = 8192
+MAX_DURATION_S = 2 * 3600.0
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 
@@ -82,6 +86,14 @@ def _stream_duration(container, stream) -> float:
     return 0.0
 
 
+def _check_limits(path, width: int, height: int, duration_s: float) -> None:
+    if max(int(width or 0), int(height or 0)) > MAX_SIDE:
+        raise BadVideoError(path, f"frame size {width}x{height} is over the {MAX_SIDE} px limit")
+    if duration_s > MAX_DURATION_S:
+        raise BadVideoError(path, f"duration {duration_s / 3600:.1f} h is over the "
+                                  f"{MAX_DURATION_S / 3600:g} h limit")
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Size, rate and length of a video; raises BadVideoError when it cannot be decoded."""
     container = _open(path)
@@ -89,6 +101,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         stream = container.streams.video[0]
         fps = _rate(stream)
         duration = _stream_duration(container, stream)
+        _check_limits(path, stream.codec_context.width, stream.codec_context.height, duration)
         n_frames = int(stream.frames or 0)
         if n_frames <= 0 and duration > 0:
             n_frames = int(round(duration * fps))
@@ -113,6 +126,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         width, height = width or first.width, height or first.height
         if duration <= 0:
             duration = n_frames / fps
+        _check_limits(path, width, height, duration)
         return VideoInfo(n_frames=n_frames, fps=fps, width=width, height=height,
                          duration_s=duration, has_audio=bool(container.streams.audio))
     finally:
@@ -203,6 +217,11 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np
 # Formats whose planes are 8-bit Y, U, V with chroma halved both ways: what H.264 and
 # the other codecs of these datasets decode to. Other formats take the full-frame path.
 _YUV420 = ("yuv420p", "yuvj420p")
+# Planar 8-bit YUV formats a rectangle can be cut from (same pixels as the whole frame's
+# conversion; 4:2:2 is not: swscale interpolates its chroma across the cut): (x, y) shifts.
+# (FF++ c23 files decode to yuv444p: without it every crop converted the whole frame.)
+_PLANAR = {"yuv420p": (1, 1), "yuvj420p": (1, 1),
+           "yuv444p": (0, 0), "yuvj444p": (0, 0)}
 
 
 def _plane(plane) -> np.ndarray:
@@ -234,23 +253,29 @@ class RegionConverter:
 
     @staticmethod
     def _blocks(frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int):
-        """The rectangle grown to whole 2x2 blocks (even start and size, so each block keeps
-        its own chroma sample and swscale treats it as it treats the frame), or None when
-        that is not possible (not 8-bit 4:2:0, or it would leave an odd-sized frame)."""
+        """The rectangle grown to whole chroma blocks (2x2 for 4:2:0: even start and size, so
+        each block keeps its own chroma sample and swscale treats it as it treats the frame),
+        or None when that is not possible (not planar 8-bit YUV, or past the frame's edge)."""
         if not (0 <= x0 < x1 <= frame.width and 0 <= y0 < y1 <= frame.height):
             raise ValueError(f"region {(x0, y0, x1, y1)} is not inside a "
                              f"{frame.width}x{frame.height} frame")
-        ex0, ey0, ex1, ey1 = x0 & ~1, y0 & ~1, x1 + (x1 & 1), y1 + (y1 & 1)
-        if frame.format.name not in _YUV420 or ex1 > frame.width or ey1 > frame.height:
+        shift = _PLANAR.get(frame.format.name)
+        if shift is None:
+            return None
+        mx, my = (1 << shift[0]) - 1, (1 << shift[1]) - 1
+        ex0, ey0 = x0 & ~mx, y0 & ~my
+        ex1, ey1 = (x1 + mx) & ~mx, (y1 + my) & ~my
+        if ex1 > frame.width or ey1 > frame.height:
             return None
         return ex0, ey0, ex1, ey1
 
     @staticmethod
     def _part(frame: av.VideoFrame, ex0: int, ey0: int, ex1: int, ey1: int) -> av.VideoFrame:
         part = av.VideoFrame(ex1 - ex0, ey1 - ey0, frame.format.name)
+        sx, sy = _PLANAR[frame.format.name]
         for k, src in enumerate(frame.planes):
-            s = 0 if k == 0 else 1  # chroma planes are subsampled by 2
-            _plane(part.planes[k])[:] = _plane(src)[ey0 >> s:ey1 >> s, ex0 >> s:ex1 >> s]
+            hx, hy = (0, 0) if k == 0 else (sx, sy)  # chroma planes may be subsampled
+            _plane(part.planes[k])[:] = _plane(src)[ey0 >> hy:ey1 >> hy, ex0 >> hx:ex1 >> hx]
         part.colorspace, part.color_range = frame.colorspace, frame.color_range
         return part
 

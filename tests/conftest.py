@@ -17,6 +17,37 @@ os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".no
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+def shared_dir(name: str):
+    """../shared/<name> beside the repository (CI), else /work/shared/<name>; None if absent."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for base in (repo.parent / "shared", repo.parents[1] / "shared", Path("/work/shared")):
+        if (base / name).is_dir():
+            return base / name
+    return None
+
+
+def _yunet_model_cache() -> None:
+    """YuNet is the default detector: tests use the real model from ../shared/models, copied
+    into a private model cache (DEEPFAKE_MODEL_DIR, inherited by the scripts the tests start),
+    so nothing is ever downloaded."""
+    import shutil
+    import tempfile
+
+    from common.faces import MODEL_DIR_ENV, YUNET_FILE
+
+    models = shared_dir("models")
+    if models is None or MODEL_DIR_ENV in os.environ:
+        return
+    cache = tempfile.mkdtemp(prefix="yunet-cache-")
+    shutil.copy(models / "face_detection_yunet.onnx", os.path.join(cache, YUNET_FILE))
+    os.environ[MODEL_DIR_ENV] = cache
+
+
+_yunet_model_cache()
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     import socket

@@ -274,9 +274,30 @@ def test_dfdc_missing_and_unlisted_files_are_counted_and_skipped(tmp_path, caplo
     report = IndexReport()
     with caplog.at_level(logging.WARNING, logger="common.datasets"):
         records = index_dfdc(tmp_path, report=report)
-    assert report.n_skipped == 2 and len(records) == 23
-    assert "strangerxy.mp4" in caplog.text and "fake000abc.mp4" in caplog.text
+    assert report.n_skipped == 2 and "strangerxy.mp4" in caplog.text and "fake000abc.mp4" in caplog.text
     assert {Path(p).name for p, _ in report.skipped} == {"strangerxy.mp4", "fake000abc.mp4"}
+    # the listed-but-missing video stays a record (extraction marks it `missing`); the
+    # unlisted one is not part of the dataset
+    assert len(records) == 24 and "strangerxy.mp4" not in {Path(r.path).name for r in records}
+    gone = [r for r in records if not Path(r.path).exists()]
+    assert [Path(r.path).name for r in gone] == ["fake000abc.mp4"] and gone[0].label == 1
+
+
+def test_ff_split_ids_without_a_file_are_missing_records(tmp_path):
+    root = make_ff(tmp_path)
+    (root / "original_sequences/youtube/c23/videos/006.mp4").unlink()  # a val id's original
+    (root / "manipulated_sequences/Deepfakes/c23/videos/000_001.mp4").unlink()
+    report = IndexReport()
+    records = index_faceforensics(root, report=report)
+    assert len(records) == 10 + 2 * 10  # every listed video is a record, present or not
+    gone = {r.rel: r for r in records if not Path(r.path).exists()}
+    assert sorted(gone) == ["manipulated_sequences/Deepfakes/c23/videos/000_001.mp4",
+                            "original_sequences/youtube/c23/videos/006.mp4"]
+    real, fake = gone["original_sequences/youtube/c23/videos/006.mp4"], \
+        gone["manipulated_sequences/Deepfakes/c23/videos/000_001.mp4"]
+    assert (real.label, real.split, fake.label, fake.split) == (0, "val", 1, "train")
+    assert fake.source == "original_sequences/youtube/c23/videos/000.mp4"  # its target's real
+    assert report.n_skipped == 2 and all("missing on disk" in why for _, why in report.skipped)
 
 
 @pytest.mark.parametrize("text", ["{not json", '["a.mp4"]', '{"a.mp4": {"label": "MAYBE"}}'])

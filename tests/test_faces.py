@@ -1,8 +1,13 @@
-"""common.faces / common.face_cache: boxes, crops, and the resumable, sharded face cache."""
+"""common.faces / common.face_cache / common.extraction: boxes, crops, the face cache."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,9 +15,10 @@ import pytest
 
 from common.datasets import VideoRecord
 from common.errors import UserError
-from common.face_cache import FaceCache, build_face_cache, shard_of, video_key
-from common.faces import (HaarDetector, NoDetector, crop_box, fill_missing, largest_face, main,
-                          make_detector, square_box)
+from common.extraction import WorkerDiedError, build_face_cache, video_crops
+from common.face_cache import FaceCache, shard_of, video_key
+from common.faces import (NoDetector, YuNetDetector, crop_box, fill_near, is_flat, largest_face,
+                          main, make_detector, square_box)
 from common.sample_data import face_video, make_celebdf, mouth_envelope, speech_audio, write_mp4
 from common.video import count_frames
 from tests.test_video import write_mp4 as write_mp4_faststart
@@ -26,6 +32,10 @@ def rec(root, name, label=0, source=None, audio=False):
                        audio, source, None)
 
 
+def noise(n, seed=0):
+    return np.random.default_rng(seed).integers(60, 90, (n, 120, 160, 3), dtype=np.uint8)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("faces")
@@ -33,7 +43,7 @@ def data(tmp_path_factory):
         "real_a": face_video(N_FRAMES, (160, 120), identity=0, seed=1),
         "fake_a": face_video(N_FRAMES, (160, 120), identity=0, seed=1, swap=1),
         "real_b": face_video(N_FRAMES, (160, 120), identity=2, seed=2),
-        "noface": np.random.default_rng(0).integers(60, 90, (N_FRAMES, 120, 160, 3), dtype=np.uint8),
+        "noface": noise(N_FRAMES),
     }
     for name, f in frames.items():
         audio = speech_audio(mouth_envelope(N_FRAMES), 25.0) if name == "real_b" else None
@@ -44,15 +54,15 @@ def data(tmp_path_factory):
     return {"root": root, "frames": frames, "records": records}
 
 
-def new_cache(tmp_path, detector="haar"):
+def new_cache(tmp_path, detector="yunet"):
     return FaceCache(tmp_path / "cache", "tiny", S, N, T, detector)
 
 
 def test_cache_builds_complete_entries(data, tmp_path):
     cache = new_cache(tmp_path)
-    assert cache.dir.name == "tiny_s64_n4_t3_haar"
+    assert cache.dir.name == "tiny_s64_n4_t3_yunet"
     s = build_face_cache(data["records"], cache, workers=0, progress=False)
-    assert (s["total"], s["done"], s["cached"], s["reused_boxes"]) == (5, 3, 0, 1)
+    assert (s["total"], s["done"], s["cached"]) == (5, 3, 0)
     assert s["skipped"] == {"no_face": 1, "bad_video": 1} and s["failed"] == []
 
     crops, meta = cache.entry("vids/real_a.mp4")
@@ -63,20 +73,22 @@ def test_cache_builds_complete_entries(data, tmp_path):
     assert all(r == list(range(r[0], r[0] + T)) for r in runs)
     assert (meta["n_frames"], meta["width"], meta["height"]) == (N_FRAMES, 160, 120)
     assert meta["fps"] == pytest.approx(25.0) and meta["boxes_from"] is None
-    assert all(meta["detected"]) and meta["audio"]["present"] is False
+    assert all(meta["detected"]) and meta["kept"] == list(range(N)) and meta["points"] == N
+    assert meta["faces"]["detector"] == "yunet" and meta["faces"]["max_gap_s"] == 0.5
+    assert meta["audio"]["present"] is False
 
     original = data["frames"]["real_a"]
-    haar = HaarDetector(min_size=40)
+    yunet = make_detector("yunet")
     for i, (run, box) in enumerate(zip(runs, meta["boxes"])):
         x0, y0, x1, y1 = box
-        assert x1 - x0 == y1 - y0 and 55 <= x1 - x0 <= 110  # square, ~1.3x a 50-80 px face
+        assert x1 - x0 == y1 - y0 and 40 <= x1 - x0 <= 120  # square, ~1.3x the face
         for j, idx in enumerate(run):  # the crop of frame idx (not a neighbour), from the box
             expected = crop_box(original[idx], box, S).astype(float)
-            assert np.abs(crops[i, j] - expected).mean() < 6, (i, j)
+            assert np.abs(crops[i, j] - expected).mean() < 8, (i, j)  # lossy mp4
         # the stored crop shows a face, filling it and centred
-        face = largest_face(haar.detect(cv2.resize(np.asarray(crops[i, T // 2]), (128, 128))))
+        face = largest_face(yunet.detect(cv2.resize(np.asarray(crops[i, T // 2]), (128, 128))))
         assert face is not None
-        assert abs((face[0] + face[2]) / 2 - 64) < 12 and abs((face[1] + face[3]) / 2 - 64) < 12
+        assert abs((face[0] + face[2]) / 2 - 64) < 16 and abs((face[1] + face[3]) / 2 - 64) < 16
 
     # audio: stored for the video that has it, whole track, 100 mel frames per second
     _, meta_b = cache.entry("vids/real_b.mp4")
@@ -89,18 +101,44 @@ def test_cache_builds_complete_entries(data, tmp_path):
         assert cache.entry(f"vids/{name}.mp4") is None
         assert json.loads((cache.dir / f"vids__{name}.skip.json").read_text())["reason"] in (
             "no_face", "bad_video")
+    # the contact sheet: one labelled row per video with crops (2 reals, 1 fake here)
+    sheet = cv2.imread(str(cache.dir / "preview.png"))
+    assert sheet is not None and sheet.shape[0] == 3 * 64 and sheet.shape[1] == 150 + 8 * 64
 
 
-def test_fake_reuses_boxes_of_its_source(data, tmp_path):
+def test_fake_is_detected_on_its_own_frames_and_a_grey_fake_is_no_face(data, tmp_path):
+    grey = np.full((N_FRAMES, 120, 160, 3), 128, np.uint8)  # same size as its real
+    write_mp4(tmp_path / "grey.mp4", grey)
+    grey_rec = VideoRecord(str(tmp_path / "grey.mp4"), "vids/grey.mp4", 1, "grey", "train",
+                           False, "vids/real_a.mp4", None)
     cache = new_cache(tmp_path)
-    build_face_cache(data["records"][:2], cache, workers=0, progress=False)  # fake listed first
-    _, real = cache.entry("vids/real_a.mp4")
+    s = build_face_cache(data["records"][:2] + [grey_rec], cache, workers=0, progress=False)
+    assert s["done"] == 2 and s["skipped"] == {"no_face": 1}
     crops, fake = cache.entry("vids/fake_a.mp4")
-    assert fake["boxes_from"] == "vids/real_a.mp4"
-    assert fake["boxes"] == real["boxes"] and fake["frame_indices"] == real["frame_indices"]
-    assert not any(fake["detected"])
-    expected = crop_box(data["frames"]["fake_a"][fake["frame_indices"][1][0]], fake["boxes"][1], S)
-    assert np.abs(crops[1, 0] - expected.astype(float)).mean() < 6
+    assert fake["boxes_from"] is None and all(fake["detected"])
+    # the fake's crops equal video_crops of the fake file alone: what predict computes
+    alone, meta = video_crops(data["records"][0].path, N, T, S, make_detector("yunet"))
+    np.testing.assert_array_equal(np.asarray(crops), alone)
+    assert meta["boxes"] == fake["boxes"]
+
+
+def test_points_without_a_face_nearby_are_dropped_and_few_faces_skip(tmp_path):
+    face = face_video(100, (160, 120), identity=0, seed=3)
+    half = np.concatenate([face[:60], noise(40, 1)])   # face until 2.4 s of 4 s
+    little = np.concatenate([face[:30], noise(70, 2)])  # face until 1.2 s
+    write_mp4(tmp_path / "half.mp4", half)
+    write_mp4(tmp_path / "little.mp4", little)
+    yunet = make_detector("yunet")
+    crops, meta = video_crops(str(tmp_path / "half.mp4"), 8, 1, 32, yunet)
+    centres = [run[0] for run in meta["frame_indices"]]
+    assert all(c < 60 + 0.5 * 25 for c in centres)  # no crop from the noise part
+    assert meta["points"] == 8 and 4 <= len(meta["kept"]) <= 6 and crops.shape[0] == len(meta["kept"])
+    assert meta["kept"] == list(range(len(meta["kept"])))
+    cache = new_cache(tmp_path)
+    s = build_face_cache([rec(tmp_path, "little")], cache, workers=0, progress=False)
+    assert s["skipped"] == {"few_faces": 1}
+    marker = json.loads((cache.dir / "vids__little.skip.json").read_text())
+    assert marker["reason"] == "few_faces" and "of 4 sample points" in marker["detail"]
 
 
 def test_second_run_does_no_work_and_remembers_skips(data, tmp_path):
@@ -114,19 +152,21 @@ def test_second_run_does_no_work_and_remembers_skips(data, tmp_path):
     assert (s["done"], s["cached"], s["skipped"]) == (0, 3, {"no_face": 1, "bad_video": 1})
 
 
-def test_interrupted_run_is_resumed(data, tmp_path):
+def test_interrupted_run_is_resumed_and_its_leftovers_tidied(data, tmp_path):
     cache = new_cache(tmp_path)
     build_face_cache(data["records"], cache, workers=0, progress=False)
     before = np.array(cache.entry("vids/real_b.mp4")[0])
     # a run killed while writing real_b: crops there, json not yet, temp files about
     (cache.dir / "vids__real_b.json").unlink()
-    (cache.dir / ".vids__real_b.json.tmp-999-dead").write_text('{"frame_indices"')
-    (cache.dir / ".vids__real_b.npy.tmp-999-dead").write_bytes(b"\x93NUMPY half")
+    dead = [cache.dir / ".vids__real_b.json.tmp-999-dead", cache.dir / ".vids__real_b.npy.x.tmp"]
+    live = cache.dir / ".vids__real_a.npy.y.tmp"  # another video's: not this lock's to judge
+    for p in dead + [live]:
+        p.write_bytes(b"half")
     assert cache.entry("vids/real_b.mp4") is None and not cache.is_complete("vids/real_b.mp4")
     s = build_face_cache(data["records"], cache, workers=0, progress=False)
     assert (s["done"], s["cached"]) == (1, 2)
     np.testing.assert_array_equal(cache.entry("vids/real_b.mp4")[0], before)
-    assert not [p for p in os.listdir(cache.dir) if ".tmp-" in p]
+    assert not any(p.exists() for p in dead) and live.is_file()
 
 
 def test_shards_partition_records_and_keep_fakes_with_their_source(data, tmp_path):
@@ -142,26 +182,38 @@ def test_shards_partition_records_and_keep_fakes_with_their_source(data, tmp_pat
     a = build_face_cache(data["records"], cache, workers=0, shard=(0, 2), progress=False)
     b = build_face_cache(data["records"], cache, workers=0, shard=(1, 2), progress=False)
     assert a["total"] + b["total"] == 5 and a["done"] + b["done"] == 3
-    assert a["reused_boxes"] + b["reused_boxes"] == 1
     with pytest.raises(UserError):
         build_face_cache(data["records"], cache, shard=(2, 2), progress=False)
 
 
-def test_worker_processes_give_the_same_cache(data, tmp_path):
+@dataclass
+class Deadly:
+    """A record whose unpickling kills the worker process that receives it."""
+    path: str
+    rel: str = "vids/deadly.mp4"
+    label: int = 0
+    source: str | None = None
+
+    def __reduce__(self):
+        return (os._exit, (9,))
+
+
+def test_worker_processes_give_the_same_cache_and_a_dead_worker_is_named(data, tmp_path):
     solo, pool = new_cache(tmp_path / "a"), new_cache(tmp_path / "b")
     records = data["records"][:4]
     build_face_cache(records, solo, workers=0, decode_audio=False, progress=False)
-    # a pool that answers too late (as when a worker dies) is reported, not waited on forever
-    s = build_face_cache(records, pool, workers=2, decode_audio=False, progress=False,
-                         stall_timeout_s=0.001)
-    assert s["failed"] and all("worker crashed or hung" in why for _, why in s["failed"])
-    # the run after it (killed pool, maybe half-written files) completes the cache
     s = build_face_cache(records, pool, workers=2, decode_audio=False, progress=False)
-    assert s["done"] + s["cached"] == 3 and s["failed"] == []
-    assert s["skipped"] == {"no_face": 1}
-    for r in records[1:3]:  # the reals; the fake's boxes depend on whether its real came first
+    assert s["done"] == 3 and s["failed"] == [] and s["skipped"] == {"no_face": 1}
+    for r in records[:3]:
         np.testing.assert_array_equal(solo.entry(r.rel)[0], pool.entry(r.rel)[0])
-    assert pool.is_complete(records[0].rel)
+    # a worker that dies is noticed at once, retried once, then named (exit 3 in scripts)
+    t0 = time.monotonic()
+    deadly = tmp_path / "deadly.mp4"
+    deadly.write_bytes(Path(records[1].path).read_bytes())  # a fine file; the job kills
+    with pytest.raises(WorkerDiedError, match="deadly.mp4"):
+        build_face_cache([Deadly(str(deadly))], new_cache(tmp_path / "c"), workers=2,
+                         decode_audio=False, progress=False)
+    assert time.monotonic() - t0 < 60
 
 
 def test_container_that_lies_about_its_length_is_resampled(data, tmp_path):
@@ -195,8 +247,10 @@ def test_box_helpers():
     crop = crop_box(frame, (-50, 0, 50, 100), 10)  # left half outside: black, not shifted
     assert crop.shape == (10, 10, 3) and np.all(crop[:, :5] == 0) and np.all(crop[:, 5:] == 200)
     a, b = (0, 0, 2, 2), (9, 9, 11, 11)
-    assert fill_missing([None, a, None, None, b, None]) == [a, a, a, b, b, b]
-    assert fill_missing([None, None]) is None
+    times = [0.0, 0.3, 0.6, 0.9, 1.2, 2.0]
+    assert fill_near([None, a, None, None, b, None], times) == [a, a, a, b, b, None]
+    assert fill_near([None, None], [0.0, 0.1]) == [None, None]
+    assert is_flat(frame) and not is_flat(np.random.default_rng(0).integers(0, 255, (8, 8, 3)))
     assert NoDetector().detect(frame) == [(0.0, 0.0, 100.0, 100.0, 1.0)]
     assert video_key("Celeb-real/id0_0000.mp4") == "Celeb-real__id0_0000"
     with pytest.raises(UserError, match="not found"):
@@ -213,11 +267,77 @@ def test_cli_extracts_a_dataset_and_rejects_bad_flags(tmp_path, capsys):
             "--image-size", "32", "--frames-per-video", "2", "--clip-len", "2",
             "--workers", "0", "--no-progress", "--no-audio"]
     assert main(args) == 0
-    key_dir = out / "celebdf_s32_n2_t2_haar_clahe"  # Celeb-DF trains on CLAHE crops
+    key_dir = out / "celebdf_s32_n2_t2_yunet_clahe"  # Celeb-DF trains on CLAHE crops
     assert len(list(key_dir.glob("*.json"))) >= 6 and "extracted" in capsys.readouterr().out
     assert main(args) == 0 and " 0 extracted" in capsys.readouterr().out
-    for bad in (["--shard", "2/2"], ["--shard", "x"], ["--face-detector", "yunet"]):
+    for bad in (["--shard", "2/2"], ["--shard", "x"], ["--face-model", "/nope/yunet.onnx"]):
         assert main(args + bad) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err
     assert main(["--dataset", "celebdf", "--data", str(tmp_path / "nope"), "--workers", "0"]) == 2
+
+
+def test_two_processes_share_one_empty_cache(tmp_path):
+    root = tmp_path / "celebdf"
+    make_celebdf(root, n_ids=2, n_frames=12)
+    cmd = [sys.executable, "-m", "common.faces", "--dataset", "celebdf", "--data", str(root),
+           "--cache-dir", str(tmp_path / "cache"), "--image-size", "32", "--frames-per-video", "2",
+           "--clip-len", "2", "--workers", "0", "--no-progress", "--no-audio"]
+    repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    cache = FaceCache(tmp_path / "cache", "celebdf", 32, 2, 2, "yunet", "clahe")
+    from common.datasets import index_dataset
+
+    records = index_dataset("celebdf", root)
+    assert records and all(cache.entry(r.rel) is not None for r in records)
+    # each video extracted once: the two runs' "extracted" counts add up to the videos
+    done = [int(o.split(": ", 1)[1].split(" extracted")[0]) for o, _ in outs]
+    assert sum(done) == len(records)
+    assert not [p for p in cache.dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_offline_without_a_model_is_one_clear_line(tmp_path, monkeypatch):
+    import common.faces as faces
+
+    monkeypatch.setenv(faces.MODEL_DIR_ENV, str(tmp_path / "models"))
+    with pytest.raises(UserError) as err:  # the network is blocked in tests
+        make_detector("yunet")
+    msg = str(err.value)
+    assert faces.YUNET_FILE in msg and str(tmp_path / "models") in msg
+    assert "--face-model" in msg and "--face-detector haar" in msg and "\n" not in msg
+
+
+def test_download_is_verified_and_renamed_into_place(tmp_path, monkeypatch):
+    import hashlib
+    import io
+
+    import common.faces as faces
+
+    blob = (Path(os.environ[faces.MODEL_DIR_ENV]) / faces.YUNET_FILE).read_bytes()
+    monkeypatch.setenv(faces.MODEL_DIR_ENV, str(tmp_path / "models"))
+    monkeypatch.setattr(faces.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(blob))
+    with pytest.raises(UserError, match="sha256"):  # not the official file: refused
+        faces.resolve_yunet_model()
+    assert not list((tmp_path / "models").iterdir())
+    monkeypatch.setattr(faces, "YUNET_SHA256", hashlib.sha256(blob).hexdigest())
+    path = faces.resolve_yunet_model()
+    assert path == tmp_path / "models" / faces.YUNET_FILE and path.read_bytes() == blob
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [faces.YUNET_FILE]
+    assert isinstance(make_detector("yunet"), YuNetDetector)
+
+
+def test_a_video_locked_by_another_writer_is_not_extracted_twice(data, tmp_path):
+    cache = new_cache(tmp_path)
+    r = data["records"][1]
+    with cache.locked(r.rel) as got:  # another open file description: as another process
+        assert got
+        t0 = time.monotonic()
+        s = build_face_cache([r], cache, progress=False,
+                             should_stop=lambda: time.monotonic() - t0 > 0.5)
+        assert s["stopped"] and s["done"] == 0 and not cache.is_complete(r.rel)
+        assert time.monotonic() - t0 < 5  # the wait for the lock listens to SIGTERM
+    s = build_face_cache([r], cache, progress=False)
+    assert s["done"] == 1 and cache.lock_path(r.rel).is_file()

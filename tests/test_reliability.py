@@ -339,7 +339,7 @@ def test_sigterm_mid_epoch_saves_state_then_resume_matches(ff, straight, tmp_pat
 
 
 def test_sigterm_during_face_extraction_stops_at_once(ff, tmp_path, monkeypatch, capsys):
-    import common.face_cache as fc
+    import common.extraction as fc
 
     real, done = fc.extract_video, {"n": 0}
 

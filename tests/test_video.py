@@ -1,6 +1,9 @@
 """common.video: probing, sparse decoding (with seeks) and evenly spaced sample points."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -183,3 +186,41 @@ def test_bad_videos_raise_one_line_errors(clips, kind):
     expect = {"zero": "empty", "missing": "not found", "audio_only": "no video stream",
               "text": "not a readable video", "truncated": "not a readable video"}[kind]
     assert expect in msg
+
+
+def _y4m(path, width, height, rate, frames=1, payload=7000):
+    """A raw YUV4MPEG2 file whose header claims what it likes: the crafted-header case."""
+    body = b"".join(b"FRAME\n" + b"\x80" * payload for _ in range(frames))
+    path.write_bytes(f"YUV4MPEG2 W{width} H{height} F{rate} Ip A1:1 C420jpeg\n".encode() + body)
+    return path
+
+
+def test_absurd_headers_are_bad_videos_before_any_decoding(tmp_path):
+    huge = _y4m(tmp_path / "huge.y4m", 16000, 16000, "25:1")
+    with pytest.raises(BadVideoError, match="16000x16000 is over the 8192 px limit"):
+        probe(huge)
+    long = _y4m(tmp_path / "long.y4m", 16, 16, "1:36000", frames=2, payload=384)
+    with pytest.raises(BadVideoError, match="over the 2 h limit"):
+        probe(long)
+    # the crafted file costs a process next to nothing: peak memory well under 200 MB
+    # VmHWM, not ru_maxrss: the latter keeps the forking pytest process's peak across exec.
+    code = ("import sys\nfrom common.video import probe, BadVideoError\n"
+            "try:\n    probe(sys.argv[1])\nexcept BadVideoError as e:\n    print(e.reason)\n"
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code, str(huge)], cwd=repo, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split("\n")
+    assert "8192 px limit" in out[0] and int(out[1]) < 200 * 1024  # VmHWM is in kB
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "yuv444p"])
+def test_a_region_of_any_planar_yuv_frame_converts_alone(fmt):
+    """FF++ c23 decodes to yuv444p: its crops must not convert the whole frame either."""
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=fmt)
+    full = frame.to_ndarray(format="rgb24")
+    conv = video.RegionConverter()
+    for box in [(3, 5, 100, 77), (0, 0, 160, 120), (31, 17, 64, 50)]:
+        assert conv._blocks(frame, *box) is not None  # the fast path, not the fallback
+        got = conv.rgb(frame, *box)
+        np.testing.assert_array_equal(got, full[box[1]:box[3], box[0]:box[2]])

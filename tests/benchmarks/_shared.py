@@ -148,7 +148,7 @@ def write_fake_cache(cache, n_videos: int, seed: int = 0, crops: np.ndarray | No
     Entries already there are kept. All videos share one crop array (content does not
     change the cost of reading or augmenting it)."""
     from common.datasets import VideoRecord
-
+    from common.face_cache import CACHE_VERSION
     n, t, s = cache.frames_per_video, cache.clip_len, cache.crop_size
     if crops is None:
         crops = face_crops(n, t, s, seed)
@@ -167,7 +167,7 @@ def write_fake_cache(cache, n_videos: int, seed: int = 0, crops: np.ndarray | No
         if paths["meta"].is_file():
             continue
         np.save(paths["crops"], crops)
-        meta = {"version": 1, "rel": rel, "label": label,
+        meta = {"version": CACHE_VERSION, "rel": rel, "label": label,
                 "frame_indices": [list(range(st, st + t)) for st in starts],
                 "boxes": [[800, 360, 1120, 680]] * n, "detected": [True] * n, "boxes_from": None,
                 "fps": fps, "n_frames": n_frames, "width": 1920, "height": 1080,

@@ -1,0 +1,464 @@
+"""Face extraction: sampling, detection, cropping and the worker pool.
+
+One face path for everything: training, validation and `common.ensemble predict` all get
+a video's crops from `video_crops` (through `extract_video`), with the settings recorded
+in the cache entry and in the checkpoint. Every video is detected on its own frames, fakes
+included. A sample point without a face of its own borrows the box of the nearest point
+with one only when that point is at most MAX_GAP_S away; otherwise it is dropped. A video
+with fewer than half its points usable is skipped (few_faces).
+
+The CLI (`python -m common.faces`) is common/extraction_cli.py.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from common.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
+from common.errors import UserError
+from common.face_cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
+                               file_stamp, shard_of, write_file, write_json)
+from common.faces import (BOX_SCALE, YUNET_SCORE, crop_box, detect_size, fill_near, is_flat,
+                          largest_face, make_detector, square_box)
+from common.video import BadVideoError, RegionConverter, count_frames, iter_decoded, luma, probe, \
+    sample_points
+
+MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
+MIN_USABLE = 0.5       # share of sample points that must show a face
+log = logging.getLogger(__name__)
+
+
+class WorkerDiedError(CacheWriteError):
+    """An extraction worker process died twice on the same video (exit 3, video named)."""
+
+
+def face_settings(detector) -> dict:
+    """What decides a crop beyond the cache key: recorded in every entry and checkpoint."""
+    return {"detector": detector.name, "max_side": getattr(detector, "max_side", None),
+            "score_threshold": getattr(detector, "score_threshold", None),
+            "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE}
+
+
+def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640) -> dict:
+    """face_settings() without loading a detector: the checkpoint's "faces" record."""
+    return {"detector": detector, "face_model": None if face_model in (None, "None") else str(face_model),
+            "max_side": max_side if detector != "none" else None,
+            "score_threshold": YUNET_SCORE if detector == "yunet" else None,
+            "box_scale": 1.0 if detector == "none" else BOX_SCALE, "max_gap_s": MAX_GAP_S,
+            "min_usable": MIN_USABLE}
+
+
+# ----------------------------------------------------------------------------- one video
+
+class _Cropper:
+    """Face boxes and crops straight from decoded frames. Only what is kept is converted to
+    RGB: the crop's rectangle, not the whole frame. YuNet gets a BGR frame the decoder has
+    already shrunk (one swscale pass), Haar the luma plane as it is."""
+
+    def __init__(self, detector, size: int):
+        self.detector, self.size = detector, size
+        self.gray = getattr(detector, "takes_gray", False)
+        self.small = getattr(detector, "takes_bgr_small", False)
+        self.regions = RegionConverter()
+        if self.small:
+            from av.video.reformatter import VideoReformatter
+
+            self._shrink = VideoReformatter()
+
+    def box(self, frame):
+        if self.small:
+            w, h, scale = detect_size(frame.width, frame.height, self.detector.max_side)
+            bgr = self._shrink.reformat(frame, width=w, height=h, format="bgr24",
+                                        interpolation="AREA").to_ndarray()
+            face = largest_face(self.detector.detect_small(bgr, scale))
+        else:
+            image = luma(frame) if self.gray else None
+            face = largest_face(self.detector.detect(
+                frame.to_ndarray(format="rgb24") if image is None else image))
+        return None if face is None else square_box(face, self.detector.box_scale)
+
+    def crop(self, frame, box) -> np.ndarray:
+        x0, y0, x1, y1 = (int(v) for v in box[:4])
+        sx0, sy0 = max(x0, 0), max(y0, 0)
+        sx1, sy1 = min(x1, frame.width), min(y1, frame.height)
+        if (sx0, sy0, sx1, sy1) == (x0, y0, x1, y1):  # inside the frame: one swscale pass
+            out = self.regions.resized(frame, x0, y0, x1, y1, self.size, self.size)
+            if out is not None:
+                return out
+        if sx1 <= sx0 or sy1 <= sy0:  # box wholly outside the frame: black, like crop_box
+            return np.zeros((self.size, self.size, 3), np.uint8)
+        part = self.regions.rgb(frame, sx0, sy0, sx1, sy1)
+        return crop_box(part, (x0 - sx0, y0 - sy0, x1 - sx0, y1 - sy0), self.size)
+
+
+def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, detector):
+    """One streaming pass: the box of run i is detected on its centre frame; frames are cropped
+    as soon as their box is known. Runs without a face of their own are re-read at the end
+    with a box from MAX_GAP_S or nearer, else dropped. -> (crops [N,...], boxes, detected,
+    frame indices that did not decode)."""
+    n, t = len(runs), len(runs[0])
+    crops = np.zeros((n, t, size, size, 3), dtype=np.uint8)
+    boxes: list = [None] * n
+    tried = [False] * n
+    cropper = _Cropper(detector, size)
+    where: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        for j, idx in enumerate(run):
+            where[idx].append((i, j))
+    waiting: dict[int, dict[int, Any]] = defaultdict(dict)  # frames before the centre
+    seen: set[int] = set()
+    for idx, frame in iter_decoded(path, where.keys()):
+        seen.add(idx)
+        for i, j in where[idx]:
+            if not tried[i] and idx == runs[i][t // 2]:
+                tried[i] = True
+                box = cropper.box(frame)
+                if box is not None:
+                    centre = cropper.crop(frame, box)
+                    box = None if is_flat(centre) else box  # a uniform patch is not a face
+                boxes[i] = box
+                for jj, f in waiting.pop(i, {}).items():
+                    if box is not None:
+                        crops[i, jj] = cropper.crop(f, box)
+            if boxes[i] is not None:
+                crops[i, j] = cropper.crop(frame, boxes[i])
+            elif not tried[i]:
+                waiting[i][j] = frame
+    missing = set(where) - seen
+    detected = [b is not None for b in boxes]
+    if missing:
+        return crops, boxes, detected, missing
+    filled = fill_near(boxes, [run[t // 2] / max(fps, 1e-6) for run in runs], MAX_GAP_S)
+    redo = [i for i in range(n) if boxes[i] is None and filled[i] is not None]
+    if redo:
+        todo = {idx for i in redo for idx in runs[i]}
+        for idx, frame in iter_decoded(path, todo):
+            for i, j in where[idx]:
+                if i in redo:
+                    crops[i, j] = cropper.crop(frame, filled[i])
+    return crops, filled, detected, set()
+
+
+def video_crops(path: str, frames_per_video: int, clip_len: int, crop_size: int,
+                detector, info=None) -> tuple[np.ndarray, dict]:
+    """Crops of one video through the one face path -> (uint8 [K, T, S, S, 3], face meta).
+
+    K <= frames_per_video: the sample points that show a face (K >= half of them, else
+    NoFaceError with reason few_faces, or no_face when none does). Raises BadVideoError."""
+    info = info or probe(path)
+    n_frames = info.n_frames
+    for attempt in range(2):
+        runs = sample_points(n_frames, frames_per_video, clip_len)
+        crops, boxes, detected, missing = _detect_and_crop(path, runs, info.fps, crop_size, detector)
+        if not missing:
+            break
+        # The header promised more frames than decode (truncated or lying container).
+        real = count_frames(path)
+        if real <= 0 or attempt == 1 or real >= n_frames:
+            raise BadVideoError(path, f"frames {min(missing)}.. of {n_frames} do not decode")
+        log.info("%s: header says %d frames, %d decode; resampling", path, n_frames, real)
+        n_frames = real
+    kept = [i for i, b in enumerate(boxes) if b is not None]
+    if not any(detected):
+        raise NoFaceError("no face found in any sampled frame", "no_face")
+    if len(kept) < MIN_USABLE * len(runs):
+        raise NoFaceError(f"a face in only {len(kept)} of {len(runs)} sample points", "few_faces")
+    meta = {"frame_indices": [[int(v) for v in runs[i]] for i in kept],
+            "boxes": [[int(v) for v in boxes[i]] for i in kept],
+            "detected": [bool(detected[i]) for i in kept], "points": len(runs), "kept": kept,
+            "fps": info.fps, "n_frames": int(n_frames), "width": info.width,
+            "height": info.height, "duration_s": info.duration_s, "faces": face_settings(detector)}
+    return np.ascontiguousarray(crops[kept]), meta
+
+
+def _audio(record: Any, info, decode_audio: bool) -> tuple[dict, np.ndarray | None]:
+    audio: dict = {"present": False, "hop_s": HOP_S, "sample_rate": SAMPLE_RATE, "n_frames": 0}
+    if not decode_audio:
+        audio["reason"] = "audio extraction disabled"
+    elif not record.has_audio:
+        audio["reason"] = "dataset has no audio"
+    elif not info.has_audio:
+        audio["reason"] = "no audio stream"
+    else:
+        wave = _decode_audio(record.path)
+        if wave is None:
+            audio["reason"] = AUDIO_FAILED
+        else:
+            mel = log_mel(wave)
+            audio.update(present=True, n_frames=int(mel.shape[1]))
+            return audio, mel
+    return audio, None
+
+
+def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = True,
+                  source_meta: dict | None = None) -> dict:
+    """Crop (video_crops), preprocess, decode the audio and write one video's entry; returns
+    its meta. Raises BadVideoError or NoFaceError. (source_meta is ignored: fakes are
+    detected on their own frames; the parameter stays for old callers.)"""
+    t0 = time.perf_counter()
+    info = probe(record.path)
+    crops, face_meta = video_crops(record.path, cache.frames_per_video, cache.clip_len,
+                                   cache.crop_size, detector, info)
+    audio, mel = _audio(record, info, decode_audio)
+    if cache.preprocessing != "none":
+        from common.preprocess import apply_preprocessing  # torch-free workers unless needed
+
+        crops = apply_preprocessing(crops.reshape(-1, *crops.shape[2:]),
+                                    cache.preprocessing).reshape(crops.shape)
+    p = cache.paths(record.rel)
+    try:
+        cache.dir.mkdir(parents=True, exist_ok=True)
+        p["meta"].unlink(missing_ok=True)  # ours to redo: the caller holds the video's lock
+        p["skip"].unlink(missing_ok=True)
+    except OSError as exc:
+        raise CacheWriteError(f"cannot write the face cache in {cache.dir}: "
+                              f"{exc.strerror or exc}") from exc
+    write_file(p["crops"], lambda f: np.save(f, crops))
+    if mel is not None:
+        write_file(p["mel"], lambda f: np.save(f, mel))
+    meta = {"version": CACHE_VERSION, "rel": record.rel, "label": int(record.label),
+            **face_meta, "boxes_from": None, "crop_size": cache.crop_size,
+            "clip_len": cache.clip_len, "frames_per_video": cache.frames_per_video,
+            "detector": cache.detector, "preprocessing": cache.preprocessing, "audio": audio,
+            "seconds": round(time.perf_counter() - t0, 4)}
+    write_json(p["meta"], meta)  # the commit point
+    return meta
+
+
+# ----------------------------------------------------------------------------- workers
+
+@dataclass
+class _Job:
+    record: Any
+    cache: FaceCache
+    detector: str
+    model_path: str | None
+    max_side: int
+    decode_audio: bool
+    retry_skipped: bool = False
+
+
+_DETECTORS: dict = {}
+
+
+def _detector(name: str, model_path: str | None, max_side: int):
+    key = (name, model_path, max_side)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = make_detector(name, model_path, max_side=max_side)
+    return _DETECTORS[key]
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    # Ctrl-C reaches the whole process group: the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_job(job: _Job, stop: Callable[[], bool] | None = None) -> tuple[str, str, str]:
+    """(rel, status, detail): status is done | cached | bad_video | no_face | few_faces |
+    write_error | failed | stopped (`stop()` ended the wait for another process's lock);
+    detail of done is "audio_failed" when the audio did not decode."""
+    rec, cache = job.record, job.cache
+    try:
+        with cache.locked(rec.rel, stop) as got:  # another process may hold it: wait, reuse
+            if not got:
+                return rec.rel, "stopped", ""
+            if cache.is_complete(rec.rel):
+                return rec.rel, "cached", ""
+            cache.remove_stale_temps(rec.rel)
+            reason = None if job.retry_skipped else cache.skip_reason(rec)
+            if reason:
+                return rec.rel, reason, "skipped by another run"
+            try:
+                det = _detector(job.detector, job.model_path, job.max_side)
+                meta = extract_video(rec, cache, det, job.decode_audio)
+            except (BadVideoError, NoFaceError) as exc:
+                reason = getattr(exc, "reason", None) if isinstance(exc, NoFaceError) else "bad_video"
+                detail = exc.reason if isinstance(exc, BadVideoError) else str(exc)
+                write_json(cache.paths(rec.rel)["skip"],
+                           {"reason": reason, "detail": detail, "stamp": file_stamp(rec.path)})
+                return rec.rel, reason, detail
+        return rec.rel, "done", ("audio_failed" if meta["audio"].get("reason") == AUDIO_FAILED else "")
+    except CacheWriteError as exc:  # the disk, not the video: no skip marker
+        return rec.rel, "write_error", str(exc)
+    except OSError as exc:  # the lock file could not be made: the cache folder's fault
+        return rec.rel, "write_error", f"cannot write the face cache in {cache.dir}: {exc.strerror or exc}"
+    except Exception as exc:  # a bug: report it, keep the run going
+        return rec.rel, "failed", " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop now: running workers are terminated (their temp files are theirs, never renamed)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.join(timeout=5)
+
+
+def _results(jobs: list[_Job], workers: int, stop: Callable[[], bool], poll_s: float = 0.2):
+    """Job results as they come. A dead worker is noticed at once (BrokenProcessPool): the
+    videos it was working on are retried once, alone; a second death on the same video
+    raises WorkerDiedError naming it. `stop()` is polled while waiting (a SIGTERM)."""
+    if workers <= 0:
+        for job in jobs:
+            if stop():
+                return
+            yield _run_job(job, stop)
+        return
+    import multiprocessing as mp
+
+    todo = list(jobs)
+    suspects: list[_Job] = []  # in flight when a worker died: retried one at a time
+    deaths: Counter = Counter()
+    while todo or suspects:
+        pool = cf.ProcessPoolExecutor(min(workers, len(todo) + len(suspects)),
+                                      mp_context=mp.get_context("spawn"), initializer=_init_worker)
+        flying: dict[cf.Future, _Job] = {}
+        try:
+            while todo or suspects or flying:
+                limit = 1 if suspects else workers
+                while len(flying) < limit and (suspects or todo):
+                    job = suspects.pop(0) if suspects else todo.pop(0)
+                    flying[pool.submit(_run_job, job)] = job
+                done, _ = cf.wait(flying, timeout=poll_s, return_when=cf.FIRST_COMPLETED)
+                if stop():
+                    return
+                for fut in done:
+                    job = flying.pop(fut)
+                    try:
+                        res = fut.result()
+                    except cf.process.BrokenProcessPool:
+                        flying[fut] = job  # handled below with the others in flight
+                        raise
+                    yield res
+        except cf.process.BrokenProcessPool:
+            if stop():  # a SIGTERM to the process group kills the workers too
+                return
+            lost = list(flying.values())
+            for job in lost:
+                deaths[job.record.rel] += 1
+                if deaths[job.record.rel] >= 2:
+                    raise WorkerDiedError(f"an extraction worker died twice on {job.record.path}; "
+                                          "remove or repair that file and rerun") from None
+            log.warning("an extraction worker died (on one of: %s); retrying them one at a time",
+                        ", ".join(j.record.rel for j in lost))
+            suspects = lost + suspects
+        finally:
+            _kill_pool(pool)
+
+
+# ----------------------------------------------------------------------------- build
+
+def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
+                     shard: tuple[int, int] = (0, 1), decode_audio: bool = True,
+                     progress: bool = True, face_model: str | None = None,
+                     detect_max_side: int = 640, retry_skipped: bool = False,
+                     should_stop: Callable[[], bool] | None = None, preview: bool = True) -> dict:
+    """Fill the cache for this shard's records; resumable, and safe with other processes
+    filling the same cache (each video is extracted once, under its lock).
+
+    Returns {"total", "done", "cached", "skipped": {reason: n}, "failed": [(rel, reason)],
+    "audio_failed", "stopped", "seconds", "shard", "cache_dir"}. `should_stop()` is polled
+    while waiting: True ends the build within a fraction of a second (a SIGTERM), with
+    "stopped" set. A failed write into the cache raises CacheWriteError; a worker dying
+    twice on one video raises WorkerDiedError (a CacheWriteError).
+    """
+    from tqdm import tqdm
+
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    make_detector(cache.detector, face_model, max_side=detect_max_side)  # fail early (exit 2)
+    t0 = time.perf_counter()
+    mine = list({r.rel: r for r in records if shard_of(r, n) == i}.values())
+    summary: dict = {"total": len(mine), "done": 0, "reused_boxes": 0, "cached": 0,
+                     "skipped": Counter(), "failed": [], "audio_failed": 0, "stopped": False,
+                     "shard": [i, n], "cache_dir": str(cache.dir)}
+    pending, missing = [], []
+    for rec in mine:
+        if cache.is_complete(rec.rel):
+            summary["cached"] += 1
+            continue
+        if not os.path.exists(rec.path):  # listed by the dataset, not on disk
+            summary["skipped"]["missing"] += 1
+            missing.append(rec)
+            continue
+        reason = None if retry_skipped else cache.skip_reason(rec)
+        if reason:
+            summary["skipped"][reason] += 1
+            continue
+        pending.append(rec)
+    if pending or missing:
+        try:
+            cache.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the face cache folder {cache.dir}: "
+                            f"{exc.strerror or exc} (check --cache-dir)") from None
+        if not os.access(cache.dir, os.W_OK):
+            raise UserError(f"the face cache folder {cache.dir} is not writable (check --cache-dir)")
+    for rec in missing:  # named in skipped.txt; retried once the file appears (stamp None)
+        write_json(cache.paths(rec.rel)["skip"], {"reason": "missing", "stamp": None,
+                                                   "detail": "listed in the dataset but not on disk"})
+    model = face_model if cache.detector == "yunet" else None
+    jobs = [_Job(rec, cache, cache.detector, None if model is None else str(model), detect_max_side,
+                 decode_audio, retry_skipped) for rec in pending]
+    stop = should_stop or (lambda: False)
+    bar = tqdm(total=len(jobs), disable=not progress, unit="video", desc=cache.key)
+    try:
+        for rel, status, detail in _results(jobs, workers, stop):
+            if status == "done":
+                summary["done"] += 1
+                summary["audio_failed"] += detail == "audio_failed"
+            elif status == "cached":
+                summary["cached"] += 1
+            elif status == "stopped":
+                break
+            elif status == "write_error":
+                raise CacheWriteError(f"{detail} (writing {rel}; the entries already written are kept)")
+            elif status == "failed":
+                summary["failed"].append((rel, detail))
+                log.error("failed %s: %s", rel, detail)
+            else:
+                summary["skipped"][status] += 1
+                log.warning("skipped %s: %s", rel, detail)
+            bar.update(1)
+            if stop():
+                break
+        summary["stopped"] = bool(stop()) and bar.n < len(jobs)
+    finally:
+        bar.close()
+    if preview and summary["done"] and not summary["stopped"]:
+        from common.preview import write_preview
+
+        try:
+            write_preview(cache, mine)
+        except (OSError, CacheWriteError, ValueError) as exc:  # a nicety: never fail the run
+            log.warning("no crop preview: %s", exc)
+    summary["skipped"] = dict(summary["skipped"])
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m common.extraction` (= `python -m common.faces`): see common.extraction_cli."""
+    from common.extraction_cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

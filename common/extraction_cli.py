@@ -1,0 +1,119 @@
+"""The extraction CLI: `python -m common.faces` (also `python -m common.extraction`).
+
+  python -m common.faces --dataset celebdf --data PATH [--cache-dir cache] [--workers 4]
+      [--shard I/N] [--face-detector yunet|haar|none] [--face-model PATH] ...
+
+Exit codes: 0 done; 1 some videos failed (retried next run); 2 a bad flag, path or model;
+3 the cache could not be written, a worker died twice on one video, or SIGTERM stopped it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Sequence
+
+from common.errors import UserError
+from common.extraction import build_face_cache
+from common.face_cache import CacheWriteError, FaceCache
+from common.faces import DEFAULT_DETECTOR, DETECTORS, make_detector
+
+
+def format_summary(summary: dict, cache) -> str:
+    """The CLI's report of a build_face_cache summary."""
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped"].items())) or "none"
+    lines = [f"{cache.dir}: {summary['done']} extracted, {summary['cached']} already cached, "
+             f"skipped: {skipped}, failed: {len(summary['failed'])}, {summary['seconds']:.1f} s "
+             f"(shard {summary['shard'][0]}/{summary['shard'][1]})"
+             + (" -- stopped early" if summary["stopped"] else "")]
+    lines += [f"  failed {rel}: {why}" for rel, why in summary["failed"]]
+    return "\n".join(lines)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    parts = text.split("/")
+    try:
+        i, n = int(parts[0]), int(parts[1])
+        if len(parts) != 2 or n < 1 or not 0 <= i < n:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise UserError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}") from None
+    return i, n
+
+
+def _preprocessing(choice: str, dataset: str) -> str:
+    """The cache's preprocessing: the one the dataset's training stage reads, unless told."""
+    if choice != "stage":
+        return choice
+    from common.recipes import RECIPES
+
+    return next(r.preprocessing for r in RECIPES.values() if r.dataset == dataset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.faces",
+        description="Detect, crop and cache the faces (and log-mel audio) of a dataset.")
+    a = parser.add_argument
+    a("--dataset", required=True, choices=("faceforensics", "celebdf", "dfdc"))
+    a("--data", required=True, help="dataset root, official layout")
+    a("--cache-dir", default="cache")
+    a("--image-size", type=int, default=224)
+    a("--frames-per-video", type=int, default=32)
+    a("--clip-len", type=int, default=8)
+    a("--face-detector", default=DEFAULT_DETECTOR, choices=DETECTORS)
+    a("--face-model", default=None, help="YuNet ONNX model (default: the per-user model cache)")
+    a("--detect-max-side", type=int, default=640, help="detect on frames downscaled to this long side")
+    a("--workers", type=int, default=min(4, os.cpu_count() or 1),
+      help="worker processes (0 = in this process)")
+    a("--shard", default="0/1", help="I/N: this machine extracts shard I of N (videos split by source)")
+    a("--preprocessing", choices=("stage", "none", "clahe", "clahe_bilateral"), default="stage",
+      help="stored with the crops; 'stage' = what the dataset's training stage uses "
+           "(FF++ none, Celeb-DF clahe, DFDC clahe_bilateral)")
+    a("--no-audio", action="store_true", help="skip the log-mel extraction")
+    a("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from common.datasets import index_dataset
+
+    stopped = {"flag": False}
+
+    def on_term(signum, frame):
+        stopped["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        shard = _parse_shard(args.shard)
+        for flag, value in (("--image-size", args.image_size), ("--clip-len", args.clip_len),
+                            ("--frames-per-video", args.frames_per_video)):
+            if value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        make_detector(args.face_detector, args.face_model)  # fail on a bad model before indexing
+        records = index_dataset(args.dataset, args.data)
+        cache = FaceCache(args.cache_dir, args.dataset, args.image_size, args.frames_per_video,
+                          args.clip_len, args.face_detector,
+                          _preprocessing(args.preprocessing, args.dataset))
+        summary = build_face_cache(records, cache, workers=args.workers, shard=shard,
+                                   decode_audio=not args.no_audio, progress=not args.no_progress,
+                                   face_model=args.face_model, detect_max_side=args.detect_max_side,
+                                   should_stop=lambda: stopped["flag"])
+    except CacheWriteError as exc:  # a full disk, or WorkerDiedError (a worker died twice)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, cache))
+    if summary["stopped"]:
+        return 3
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""YuNet on real footage: the six FF++ c23 videos of ../shared/realdata/ffpp (never copied here).
+
+Every crop the extraction keeps must show a face that the detector finds again, and points
+where the footage cuts away from the face (a map graphic, as in FF++ video 519's news
+programme) must be dropped, not filled with a box from seconds away.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.datasets import index_dataset
+from common.extraction import build_face_cache, video_crops
+from common.face_cache import FaceCache
+from common.faces import largest_face, make_detector
+from common.sample_data import write_mp4
+from common.video import iter_frames
+from tests.conftest import shared_dir
+
+REAL = shared_dir("realdata")
+pytestmark = pytest.mark.skipif(REAL is None, reason="../shared/realdata is not here")
+
+
+@pytest.fixture(scope="module")
+def yunet():
+    return make_detector("yunet")
+
+
+def test_yunet_crops_of_real_ffpp_videos_are_faces(tmp_path, yunet):
+    records = index_dataset("faceforensics", REAL / "ffpp")
+    assert len(records) == 6
+    cache = FaceCache(tmp_path, "faceforensics", crop_size=112, frames_per_video=12, clip_len=1)
+    s = build_face_cache(records, cache, workers=0, decode_audio=False, progress=False)
+    assert s["done"] == 6 and s["skipped"] == {} and s["failed"] == []
+    found = total = 0
+    for r in records:
+        crops, meta = cache.entry(r.rel)
+        assert meta["faces"]["detector"] == "yunet"
+        for crop in crops[:, 0]:
+            found += largest_face(yunet.detect(np.asarray(crop))) is not None
+            total += 1
+    assert total >= 6 * 6 and found / total >= 0.95, (found, total)
+    assert (tmp_path / cache.key / "preview.png").is_file()
+
+
+def test_points_where_the_footage_cuts_to_a_graphic_are_dropped(tmp_path, yunet):
+    """519 cut to its map backdrop for 4 s: the face-less points go, the rest are faces."""
+    src = REAL / "ffpp/original_sequences/youtube/c23/videos/519.mp4"
+    frames = np.stack([f for _, f in iter_frames(src, range(150))])
+    backdrop = frames[0, 40:280, 0:320]  # map and caption left of the presenter: no face
+    graphic = np.repeat(np.kron(backdrop, np.ones((2, 2, 1), np.uint8))[None], 100, axis=0)
+    assert not yunet.detect(graphic[0])
+    cut = np.concatenate([frames[:75], graphic, frames[75:]])  # the graphic is frames 75..174
+    write_mp4(tmp_path / "519_cut.mp4", cut)
+    crops, meta = video_crops(str(tmp_path / "519_cut.mp4"), 10, 1, 112, yunet)
+    centres = [run[0] for run in meta["frame_indices"]]
+    assert meta["points"] == 10 and len(centres) < 10
+    # the points are 1.1 s apart: a graphic point has no face point within 0.5 s, so it goes
+    on_graphic = [i for i in range(10) if 75 <= round(i * 249 / 9) < 175]
+    assert on_graphic == [3, 4, 5, 6]
+    assert meta["kept"] == [i for i in range(10) if i not in on_graphic]
+    assert not [c for c in centres if 75 <= c < 175], centres
+    assert all(largest_face(yunet.detect(np.asarray(c[0]))) is not None for c in crops)
+
+
+def test_sigterm_ends_a_pooled_extraction_within_seconds(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "common.faces", "--dataset", "faceforensics",
+           "--data", str(REAL / "ffpp"), "--cache-dir", str(tmp_path), "--image-size", "64",
+           "--frames-per-video", "64", "--clip-len", "2", "--workers", "2", "--no-progress",
+           "--no-audio"]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.rglob("*.lock")):
+        time.sleep(0.05)  # a worker holds a video: extraction is under way
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 10, err
+    assert proc.returncode == 3 and "stopped early" in out, (out, err)
+    entries = list(tmp_path.rglob("*.json"))
+    assert len([p for p in entries if not p.name.endswith(".skip.json")]) < 6
