@@ -48,7 +48,9 @@ def test_predict_scores_give_the_validation_auc_of_the_metrics_file(trained):
     # the student file as the final stage writes it (stage 4 would take minutes here)
     save_checkpoint({"model": best["model"], "model_options": best["model_options"],
                      "temperature": 1.0, "metrics": best["metrics"], "stage": best["stage"],
-                     "config": best["config"], "kind": "student", "faces": best["faces"]},
+                     "config": best["config"], "kind": "student", "faces": best["faces"],
+                     "stage_finished": True, "data_index": best["data_index"],
+                     "val_videos": best["val_videos"]},
                     paths.student)
 
     # fit needs a combiner; one student is enough (the current fit code, as it is)
