@@ -136,8 +136,7 @@ def make_cache(root: str | Path, dataset: str, s: Settings) -> FaceCache:
 def score_videos(student: Student, records: Sequence, cache: FaceCache, settings: Settings,
                  device: torch.device, batch_size: int = 32, workers: int = 0):
     """Calibrated video scores of the cached `records` -> (ids, labels, probs), ids sorted."""
-    transform = ClipTransform("none", settings.image_size, train=False,
-                              preprocessing=student.preprocessing)
+    transform = ClipTransform(settings.image_size, preprocessing=student.preprocessing)
     samples = FaceSamples(records, cache, clip_len=student.clip_len, transform=transform,
                           with_audio=student.with_audio)
     loader = DataLoader(samples, batch_size=batch_size, num_workers=workers,

@@ -22,8 +22,9 @@ _OPENCV_SET_IN = -1  # pid of the DataLoader worker whose OpenCV threads were se
 
 def _one_opencv_thread_in_workers() -> None:
     """DataLoader workers are already one process per core. torch drops its own threads to
-    one in a worker, OpenCV does not: each worker's CLAHE / bilateral / warps would start a
-    thread per core, and 16 workers on a 16-core box would fight over them."""
+    one in a worker, OpenCV does not: each worker's CLAHE / bilateral filter (the ensemble
+    applies them when it reads a plain cache) would start a thread per core, and 16 workers
+    on a 16-core box would fight over them."""
     global _OPENCV_SET_IN
     if _OPENCV_SET_IN != os.getpid() and get_worker_info() is not None:
         import cv2
@@ -37,7 +38,8 @@ class FaceSamples(Dataset):
 
     `clip_len` 1 gives the sample point's own frame (BG, CM, RR); more gives that many
     consecutive frames centred on it (TM, AV). Indexing accepts `i` or `(i, seed)`: the seed
-    fixes the augmentation draw, so results do not depend on worker count or resume point.
+    travels with the sample as "seed" and fixes its augmentation draw (common.augment, on the
+    training device), so results do not depend on worker count, batch or resume point.
     """
 
     def __init__(self, records: Sequence, cache, clip_len: int, transform, with_audio: bool = False):
@@ -80,20 +82,10 @@ class FaceSamples(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         v, point = int(self.item_video[index]), int(self.item_point[index])
         rec, fps, centres, audio_present = self.videos[v]
-        frames = self._frames(v, rec.rel, point)
-        if seed is None:
-            tensor = self.transform(frames)
-        else:
-            # Seed the CPU generator only, and put its state back after. (torch.manual_seed
-            # also seeds, or queues seeds for, every accelerator: a tenth of a millisecond
-            # or more per sample, and it would reset the GPU's dropout stream in-process.)
-            state = torch.get_rng_state()
-            try:
-                torch.default_generator.manual_seed(seed)
-                tensor = self.transform(frames)
-            finally:
-                torch.set_rng_state(state)
-        sample = {"frames": tensor, "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
+        sample = {"frames": self.transform(self._frames(v, rec.rel, point)),
+                  "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
+        if seed is not None:  # the augmentation's seed: drawn from on the training device
+            sample["seed"] = torch.tensor(seed, dtype=torch.int64)
         if self.with_audio:
             sample.update(self._audio(rec.rel, centres[point] / max(fps, 1e-6), audio_present))
         return sample

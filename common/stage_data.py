@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import distributed
+from common.augment import ClipAugmenter, augmenter_for
 from common.datasets import index_dataset
 from common.face_cache import FaceCache, build_face_cache
 from common.model import CLIP_MODELS
@@ -85,12 +86,17 @@ def check_bad_fraction(dataset: FaceSamples, total: int, limit: float, split: st
 
 
 def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool) -> FaceSamples:
+    """Training and evaluation read the same way: the workers only read uint8 crops and collate
+    them. The cache already holds the stage's CLAHE / bilateral output (FaceCache.preprocessing);
+    the augmentation (train_augmenter) and the normalisation run on the training device."""
     clip = cfg.clip_len if cfg.model in CLIP_MODELS else 1
-    # The cache already holds the stage's CLAHE / bilateral output (FaceCache.preprocessing).
-    # uint8 out of the workers; StudentModel normalises on the training device.
-    transform = ClipTransform(recipe.augmentation if train else "none", cfg.image_size, train=train,
-                              preprocessing="none", normalize=False)
+    transform = ClipTransform(cfg.image_size, preprocessing="none", normalize=False)
     return FaceSamples(records, cache, clip_len=clip, transform=transform, with_audio=cfg.model == "av")
+
+
+def train_augmenter(recipe) -> ClipAugmenter | None:
+    """The recipe's augmentation, for common.engine.train_one_epoch(augment=...)."""
+    return augmenter_for(recipe.augmentation)
 
 
 def split_counts(records: Sequence) -> dict:
