@@ -35,6 +35,7 @@ def test_loader_benchmark_runs(tmp_path):
         "--model-clip-batch", "2"])
     check(res, "loader")
     assert set(res["figures"]["per_config"]) == {"stage4_dfdc/frame", "stage4_dfdc/clip"}
+    assert all(c["augment_fraction_of_step"] > 0 for c in res["figures"]["per_config"].values())
 
 
 def test_engine_benchmark_runs():
