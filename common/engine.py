@@ -77,7 +77,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor) and k not in _HOST_KEYS:
-            v = v.to(device, non_blocking=True)
+            # uint8 frames come channels-last (common.samples.collate_samples): transposed here.
+            v = v.to(device, non_blocking=True).contiguous()
         out[k] = v
     return out
 

@@ -74,9 +74,9 @@ class ClipTransform:
     """uint8 numpy [T, H, W, 3] RGB -> float32 Tensor [T, 3, S, S], ImageNet-normalised.
 
     Order: stage preprocessing (deterministic) -> resize to S if needed -> scale to [0, 1]
-    -> normalise. With `normalize=False` the result stays uint8 [T, 3, S, S]: a quarter of the
-    bytes through the DataLoader, and the model (or common.augment, in training) normalises
-    on its own device (StudentModel.forward accepts both).
+    -> normalise. With `normalize=False` the result stays uint8 [T, 3, S, S] (a channels-last
+    view of the crops): a quarter of the bytes through the DataLoader, and the model (or
+    common.augment, in training) normalises on its own device (StudentModel.forward accepts both).
     """
 
     def __init__(self, image_size: int = 224, preprocessing: str = "none", normalize: bool = True) -> None:
@@ -96,10 +96,11 @@ class ClipTransform:
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
         if frames.shape[1:3] != (self.image_size, self.image_size):
             x = v2.functional.resize(x, [self.image_size, self.image_size], antialias=True)
-        x = x.contiguous()
         if not self.normalize:
+            # A view in the cache's memory order: common.samples.collate_samples stacks it
+            # with a plain copy and the training device transposes the channels.
             return x
-        return normalize_pixels(x, self._scale, self._shift)
+        return normalize_pixels(x, self._scale, self._shift).contiguous()
 
     def __repr__(self) -> str:
         return (f"ClipTransform(image_size={self.image_size}, preprocessing={self.preprocessing!r}, "

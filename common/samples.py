@@ -7,30 +7,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from common.audio import MEL_WINDOW, N_MELS, mel_window
 
 log = logging.getLogger(__name__)
-_OPENCV_SET_IN = -1  # pid of the DataLoader worker whose OpenCV threads were set
-
-
-def _one_opencv_thread_in_workers() -> None:
-    """DataLoader workers are already one process per core. torch drops its own threads to
-    one in a worker, OpenCV does not: each worker's CLAHE / bilateral filter (the ensemble
-    applies them when it reads a plain cache) would start a thread per core, and 16 workers
-    on a 16-core box would fight over them."""
-    global _OPENCV_SET_IN
-    if _OPENCV_SET_IN != os.getpid() and get_worker_info() is not None:
-        import cv2
-
-        cv2.setNumThreads(1)
-        _OPENCV_SET_IN = os.getpid()
 
 
 class FaceSamples(Dataset):
@@ -78,7 +63,6 @@ class FaceSamples(Dataset):
         return len(self.item_video)
 
     def __getitem__(self, key) -> dict:
-        _one_opencv_thread_in_workers()
         index, seed = key if isinstance(key, tuple) else (key, None)
         v, point = int(self.item_video[index]), int(self.item_point[index])
         rec, fps, centres, audio_present = self.videos[v]
@@ -117,6 +101,20 @@ class FaceSamples(Dataset):
         missing = 1.0 if mel is None else 0.0
         return {"mel": torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None],
                 "audio_missing": torch.tensor(missing, dtype=torch.float32)}
+
+
+def collate_samples(items: list[dict]) -> dict:
+    """default_collate, except that uint8 frames stay in the cache's [.., S, S, 3] memory
+    order: the batch is a [B, T, 3, S, S] view with channels-last strides, stacked with a plain
+    copy. Transposing the channels in the worker was half of a clip's CPU time; the training
+    device does it in common.engine.to_device for next to nothing."""
+    batch = default_collate([{k: v for k, v in it.items() if k != "frames"} for it in items])
+    frames = [it["frames"] for it in items]
+    if frames[0].dtype == torch.uint8 and frames[0].dim() == 4:
+        batch["frames"] = default_collate([f.permute(0, 2, 3, 1) for f in frames]).permute(0, 1, 4, 2, 3)
+    else:
+        batch["frames"] = default_collate(frames)
+    return batch
 
 
 class EpochSampler(Sampler):

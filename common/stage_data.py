@@ -19,7 +19,7 @@ from common.datasets import index_dataset
 from common.face_cache import FaceCache, build_face_cache
 from common.model import CLIP_MODELS
 from common.preprocess import ClipTransform
-from common.samples import EpochSampler, FaceSamples, ShardSampler
+from common.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def split_counts(records: Sequence) -> dict:
 def train_loader(dataset: FaceSamples, cfg, recipe, dist_info, device: torch.device):
     sampler = EpochSampler(dataset.labels, seed=cfg.seed, shuffle=True,
                            balanced=recipe.balanced_sampler, rank=dist_info.rank, world=dist_info.world)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_samples,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.workers > 0,
                         drop_last=len(sampler) >= cfg.batch_size,
@@ -119,4 +119,5 @@ def train_loader(dataset: FaceSamples, cfg, recipe, dist_info, device: torch.dev
 def eval_loader(dataset: FaceSamples, cfg, dist_info, device: torch.device) -> DataLoader:
     sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                      pin_memory=device.type == "cuda", generator=torch.Generator())
+                      collate_fn=collate_samples, pin_memory=device.type == "cuda",
+                      generator=torch.Generator())

@@ -64,7 +64,8 @@ def test_workers_only_read_and_the_seed_travels_with_the_sample(tmp_path):
     plus its sampler seed; a DataLoader batch carries the seeds for the on-device augmentation."""
     from torch.utils.data import DataLoader
 
-    from common.samples import EpochSampler
+    from common.engine import to_device
+    from common.samples import EpochSampler, collate_samples
 
     cache = FaceCache(tmp_path, "toy", crop_size=16, frames_per_video=2, clip_len=4, detector="none")
     cache.dir.mkdir(parents=True)
@@ -82,9 +83,18 @@ def test_workers_only_read_and_the_seed_travels_with_the_sample(tmp_path):
     assert item["seed"].dtype == torch.int64 and item["seed"].item() == 123
     assert "seed" not in ds[1]  # evaluation items: no seed, no augmentation
     sampler = EpochSampler(ds.labels, seed=3)
-    batch = next(iter(DataLoader(ds, batch_size=2, sampler=sampler, num_workers=1)))
+    batch = next(iter(DataLoader(ds, batch_size=2, sampler=sampler, num_workers=1, collate_fn=collate_samples)))
     assert batch["frames"].shape == (2, 4, 3, 16, 16) and batch["frames"].dtype == torch.uint8
     assert batch["seed"].tolist() == [seed for _, seed in sampler]
+    assert batch["label"].tolist() == [1, 1] and batch["video"] == ["v.mp4", "v.mp4"]
+    order = [i for i, _ in sampler]
+    expected = torch.from_numpy(crops[order]).permute(0, 1, 4, 2, 3)
+    assert torch.equal(batch["frames"], expected)
+    # The cache's memory order, stacked as is; the device side makes it contiguous.
+    assert batch["frames"].stride()[2] == 1 and not batch["frames"].is_contiguous()
+    on_device = to_device(batch, torch.device("cpu"))
+    assert on_device["frames"].is_contiguous() and torch.equal(on_device["frames"], expected)
+    assert on_device["seed"] is batch["seed"]  # seeds stay on the host
 
 
 def test_stage_preprocessing_is_stored_once_in_its_own_cache(sample_root, tmp_path):

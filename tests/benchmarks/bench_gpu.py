@@ -51,14 +51,15 @@ def loader_batches(args) -> list[dict]:
 
     from common.face_cache import FaceCache
     from common.preprocess import ClipTransform
-    from common.samples import EpochSampler, FaceSamples
+    from common.samples import EpochSampler, FaceSamples, collate_samples
 
     cache = FaceCache(args.cache_dir, "bench_gpu", args.image_size, args.points, 1, "haar")
     records = S.write_fake_cache(cache, args.videos)
     ds = FaceSamples(records, cache, clip_len=1,
                      transform=ClipTransform(args.image_size, preprocessing="none", normalize=False))
     sampler = EpochSampler(ds.labels, seed=0, balanced=True)  # stage 1: class-balanced
-    loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=0, drop_last=True)
+    loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=0, drop_last=True,
+                        collate_fn=collate_samples)
     out = []
     while len(out) < args.distinct_batches:
         for batch in loader:
@@ -140,7 +141,7 @@ def reset_peak(device) -> None:
 
 def augment_seconds(trainer: Trainer, batch: dict, repeats: int) -> float:
     """Seconds of the on-device augmentation of one batch (median of `repeats`)."""
-    frames = batch["frames"].to(trainer.device)
+    frames = batch["frames"].to(trainer.device).contiguous()  # as common.engine.to_device
     times = []
     for _ in range(repeats):
         sync(trainer.device)

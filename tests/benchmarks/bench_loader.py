@@ -42,11 +42,11 @@ def worker_rate(dataset, batch_size: int, batches: int, seed: int) -> float:
     first batch arrives (the worker is started and busy) and stops at the last."""
     from torch.utils.data import DataLoader
 
-    from common.samples import EpochSampler
+    from common.samples import EpochSampler, collate_samples
 
     sampler = EpochSampler(dataset.labels, seed=seed, shuffle=True)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=1,
-                        prefetch_factor=2)
+                        prefetch_factor=2, collate_fn=collate_samples)
     it = iter(loader)
     next(it)
     t0 = time.perf_counter()
@@ -65,9 +65,8 @@ def core_rate(dataset, n: int, seed: int) -> float:
     other users."""
     import cv2
     import torch
-    from torch.utils.data import default_collate
 
-    from common.samples import EpochSampler
+    from common.samples import EpochSampler, collate_samples
 
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
@@ -75,7 +74,7 @@ def core_rate(dataset, n: int, seed: int) -> float:
     try:
         keys = list(EpochSampler(dataset.labels, seed=seed, shuffle=True))[:n]
         c0 = time.process_time()
-        default_collate([dataset[k] for k in keys])
+        collate_samples([dataset[k] for k in keys])
         return len(keys) / max(1e-9, time.process_time() - c0)
     finally:
         torch.set_num_threads(threads)
