@@ -76,11 +76,17 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total_steps
     return opt, sched
 
 
+# Stays on the host: the augmentation draws its parameters there (reading them back from a
+# GPU would stall every step).
+_HOST_KEYS = ("seed",)
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     out = {}
     for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
+        if isinstance(v, torch.Tensor) and k not in _HOST_KEYS:
+            # uint8 frames come channels-last (common.samples.collate_samples): transposed here.
+            v = v.to(device, non_blocking=True).contiguous()
         out[k] = v
     return out
 
@@ -90,10 +96,12 @@ def forward(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, scheduler,
-                    precision: Precision, *, grad_clip: float = 1.0, progress=None,
+                    precision: Precision, *, augment=None, grad_clip: float = 1.0, progress=None,
                     on_step=None, stop_requested=lambda: False) -> dict:
     """One pass over `loader`. Returns mean loss, samples seen, samples/s and whether it was stopped.
 
+    `augment(frames, seeds)` (a common.augment.ClipAugmenter) runs on the training device, on
+    the whole batch, before the forward pass; the batches then need a "seed" per sample.
     `on_step(batches_done)` runs after every optimiser step (used for mid-epoch saves);
     `stop_requested()` ends the epoch early after the current step (SIGTERM/SIGINT).
     """
@@ -104,6 +112,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
     stopped = False
     for batch in loader:
         batch = to_device(batch, device)
+        if augment is not None:  # in full precision, outside autocast
+            batch["frames"] = augment(batch["frames"], batch["seed"])
         labels = batch["label"]
         with precision.autocast():
             logits = forward(model, batch)

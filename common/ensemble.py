@@ -177,8 +177,7 @@ def score_videos(student: Student, records: Sequence, cache: FaceCache, settings
                  device: torch.device, batch_size: int = 32, workers: int = 0):
     """Calibrated video scores of the cached `records` -> (ids, labels, probs), ids sorted."""
     # uint8 out of the loader: StudentModel normalises itself, and it is the external contract.
-    transform = ClipTransform("none", settings.image_size, train=False,
-                              preprocessing=student.preprocessing, normalize=False)
+    transform = ClipTransform(settings.image_size, preprocessing=student.preprocessing, normalize=False)
     samples = FaceSamples(records, cache, clip_len=student.clip_len, transform=transform,
                           with_audio=student.with_audio)
     loader = DataLoader(samples, batch_size=batch_size, num_workers=workers,

@@ -19,7 +19,7 @@ from torchvision import models as tvm
 
 from common.errors import UserError
 from common.recipes import MODEL_NAMES
-from common.preprocess import normalisation_constants, normalize_uint8
+from common.preprocess import normalisation_constants, normalize_pixels
 from common.specialists import SPECIALISTS
 
 CLIP_MODELS = ("tm", "av")  # models whose samples are clips of clip_len frames
@@ -156,7 +156,7 @@ class StudentModel(nn.Module):
         if frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, S, S], got {tuple(frames.shape)}")
         if frames.dtype == torch.uint8:
-            frames = normalize_uint8(frames, self.pixel_scale, self.pixel_shift)
+            frames = normalize_pixels(frames, self.pixel_scale, self.pixel_shift)
         centre = frames[:, frames.shape[1] // 2]
         vec = self.pool(self.backbone(centre)).flatten(1)
         if self.name == "av":

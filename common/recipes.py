@@ -14,6 +14,31 @@ DFDC_CHUNK_ORDER = (9, 8, 3, 5, 7, 2, 6, 4, 1, 0)  # most to least balanced part
 
 
 @dataclass(frozen=True)
+class AugmentLevel:
+    """The random transforms of one augmentation level, drawn once per clip (common.augment).
+
+    Hue is never jittered: skin hue is evidence.
+    """
+    rotation_deg: float            # rotation uniform in [-rotation_deg, rotation_deg]
+    jitter: float                  # brightness, contrast, saturation factors uniform in [1 - j, 1 + j]
+    p_flip: float = 0.5            # horizontal flip
+    perspective: float = 0.0       # each corner moves inwards by up to this fraction of the half side
+    p_perspective: float = 0.0
+    p_blur: float = 0.0            # Gaussian blur ...
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # ... with sigma uniform in this range
+    blur_kernel: int = 5           # ... and this kernel side (odd)
+
+
+AUGMENTATION_LEVELS: dict[str, AugmentLevel] = {
+    "none": AugmentLevel(rotation_deg=0.0, jitter=0.0, p_flip=0.0),
+    "minimal": AugmentLevel(rotation_deg=5.0, jitter=0.1),     # stage 1
+    "moderate": AugmentLevel(rotation_deg=10.0, jitter=0.2),   # stage 2
+    "maximum": AugmentLevel(rotation_deg=20.0, jitter=0.2,     # stage 4
+                            perspective=0.2, p_perspective=0.5, p_blur=0.3),
+}
+
+
+@dataclass(frozen=True)
 class StageRecipe:
     stage: str               # "stage1_faceforensics": file names derive from it
     number: int              # 1, 2 or 4
@@ -22,7 +47,7 @@ class StageRecipe:
     lr: float
     epochs: int              # per chunk on DFDC
     loss: str                # "ce" | "focal" | "weighted_ce"
-    augmentation: str        # "minimal" | "moderate" | "maximum"
+    augmentation: str        # a key of AUGMENTATION_LEVELS: "minimal" | "moderate" | "maximum"
     preprocessing: str       # "none" | "clahe" | "clahe_bilateral"
     balanced_sampler: bool
     previous: str | None     # stage whose best checkpoint this one starts from
@@ -35,6 +60,10 @@ class StageRecipe:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def augment_level(self) -> AugmentLevel:
+        return AUGMENTATION_LEVELS[self.augmentation]
 
 
 RECIPES: dict[str, StageRecipe] = {

@@ -7,29 +7,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from common.audio import MEL_WINDOW, N_MELS, mel_window
 
 log = logging.getLogger(__name__)
-_OPENCV_SET_IN = -1  # pid of the DataLoader worker whose OpenCV threads were set
-
-
-def _one_opencv_thread_in_workers() -> None:
-    """DataLoader workers are already one process per core. torch drops its own threads to
-    one in a worker, OpenCV does not: each worker's CLAHE / bilateral / warps would start a
-    thread per core, and 16 workers on a 16-core box would fight over them."""
-    global _OPENCV_SET_IN
-    if _OPENCV_SET_IN != os.getpid() and get_worker_info() is not None:
-        import cv2
-
-        cv2.setNumThreads(1)
-        _OPENCV_SET_IN = os.getpid()
 
 
 class FaceSamples(Dataset):
@@ -37,7 +23,8 @@ class FaceSamples(Dataset):
 
     `clip_len` 1 gives the sample point's own frame (BG, CM, RR); more gives that many
     consecutive frames centred on it (TM, AV). Indexing accepts `i` or `(i, seed)`: the seed
-    fixes the augmentation draw, so results do not depend on worker count or resume point.
+    travels with the sample as "seed" and fixes its augmentation draw (common.augment, on the
+    training device), so results do not depend on worker count, batch or resume point.
     """
 
     def __init__(self, records: Sequence, cache, clip_len: int, transform, with_audio: bool = False):
@@ -76,24 +63,13 @@ class FaceSamples(Dataset):
         return len(self.item_video)
 
     def __getitem__(self, key) -> dict:
-        _one_opencv_thread_in_workers()
         index, seed = key if isinstance(key, tuple) else (key, None)
         v, point = int(self.item_video[index]), int(self.item_point[index])
         rec, fps, centres, audio_present = self.videos[v]
-        frames = self._frames(v, rec.rel, point)
-        if seed is None:
-            tensor = self.transform(frames)
-        else:
-            # Seed the CPU generator only, and put its state back after. (torch.manual_seed
-            # also seeds, or queues seeds for, every accelerator: a tenth of a millisecond
-            # or more per sample, and it would reset the GPU's dropout stream in-process.)
-            state = torch.get_rng_state()
-            try:
-                torch.default_generator.manual_seed(seed)
-                tensor = self.transform(frames)
-            finally:
-                torch.set_rng_state(state)
-        sample = {"frames": tensor, "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
+        sample = {"frames": self.transform(self._frames(v, rec.rel, point)),
+                  "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
+        if seed is not None:  # the augmentation's seed: drawn from on the training device
+            sample["seed"] = torch.tensor(seed, dtype=torch.int64)
         if self.with_audio:
             sample.update(self._audio(rec.rel, centres[point] / max(fps, 1e-6), audio_present))
         return sample
@@ -125,6 +101,20 @@ class FaceSamples(Dataset):
         missing = 1.0 if mel is None else 0.0
         return {"mel": torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None],
                 "audio_missing": torch.tensor(missing, dtype=torch.float32)}
+
+
+def collate_samples(items: list[dict]) -> dict:
+    """default_collate, except that uint8 frames stay in the cache's [.., S, S, 3] memory
+    order: the batch is a [B, T, 3, S, S] view with channels-last strides, stacked with a plain
+    copy. Transposing the channels in the worker was half of a clip's CPU time; the training
+    device does it in common.engine.to_device for next to nothing."""
+    batch = default_collate([{k: v for k, v in it.items() if k != "frames"} for it in items])
+    frames = [it["frames"] for it in items]
+    if frames[0].dtype == torch.uint8 and frames[0].dim() == 4:
+        batch["frames"] = default_collate([f.permute(0, 2, 3, 1) for f in frames]).permute(0, 1, 4, 2, 3)
+    else:
+        batch["frames"] = default_collate(frames)
+    return batch
 
 
 class EpochSampler(Sampler):

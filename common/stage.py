@@ -282,6 +282,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
     board = tensorboard_writer(paths, dist_info)
     last_save = time.monotonic()
     train_set = loader = sampler = loss_fn = None
+    augment = sd.train_augmenter(recipe)  # on the training device, one draw per clip
     current_chunk = object()
     while state["phase"] < len(phases):
         phase = phases[state["phase"]]
@@ -316,7 +317,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
                 save(dist_info, checkpoint("last"), paths.last)
                 last_save = time.monotonic()
 
-        stats = train_one_epoch(net, loader, loss_fn, opt, sched, precision, progress=bar,
+        stats = train_one_epoch(net, loader, loss_fn, opt, sched, precision, augment=augment, progress=bar,
                                 on_step=on_step, stop_requested=stop)
         bar.close()
         if dist_info.enabled:  # the epoch's loss over every rank's samples, not rank 0's alone

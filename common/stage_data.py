@@ -14,11 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import distributed
+from common.augment import ClipAugmenter, augmenter_for
 from common.datasets import index_dataset
 from common.face_cache import FaceCache, build_face_cache
 from common.model import CLIP_MODELS
 from common.preprocess import ClipTransform
-from common.samples import EpochSampler, FaceSamples, ShardSampler
+from common.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,17 @@ def check_bad_fraction(dataset: FaceSamples, total: int, limit: float, split: st
 
 
 def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool) -> FaceSamples:
+    """Training and evaluation read the same way: the workers only read uint8 crops and collate
+    them. The cache already holds the stage's CLAHE / bilateral output (FaceCache.preprocessing);
+    the augmentation (train_augmenter) and the normalisation run on the training device."""
     clip = cfg.clip_len if cfg.model in CLIP_MODELS else 1
-    # The cache already holds the stage's CLAHE / bilateral output (FaceCache.preprocessing).
-    # uint8 out of the workers; StudentModel normalises on the training device.
-    transform = ClipTransform(recipe.augmentation if train else "none", cfg.image_size, train=train,
-                              preprocessing="none", normalize=False)
+    transform = ClipTransform(cfg.image_size, preprocessing="none", normalize=False)
     return FaceSamples(records, cache, clip_len=clip, transform=transform, with_audio=cfg.model == "av")
+
+
+def train_augmenter(recipe) -> ClipAugmenter | None:
+    """The recipe's augmentation, for common.engine.train_one_epoch(augment=...)."""
+    return augmenter_for(recipe.augmentation)
 
 
 def split_counts(records: Sequence) -> dict:
@@ -112,7 +118,7 @@ def split_counts(records: Sequence) -> dict:
 def train_loader(dataset: FaceSamples, cfg, recipe, dist_info, device: torch.device):
     sampler = EpochSampler(dataset.labels, seed=cfg.seed, shuffle=True,
                            balanced=recipe.balanced_sampler, rank=dist_info.rank, world=dist_info.world)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_samples,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.workers > 0,
                         drop_last=len(sampler) >= cfg.batch_size,
@@ -124,4 +130,5 @@ def train_loader(dataset: FaceSamples, cfg, recipe, dist_info, device: torch.dev
 def eval_loader(dataset: FaceSamples, cfg, dist_info, device: torch.device) -> DataLoader:
     sampler = ShardSampler(len(dataset), dist_info.rank, dist_info.world)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                      pin_memory=device.type == "cuda", generator=torch.Generator())
+                      collate_fn=collate_samples, pin_memory=device.type == "cuda",
+                      generator=torch.Generator())

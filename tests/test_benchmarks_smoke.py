@@ -55,6 +55,7 @@ def test_loader_benchmark_runs(tmp_path):
     for config in res["figures"]["per_config"].values():
         assert config["workers_for_8_gpus"] >= 1
     assert set(res["figures"]["per_config"]) == {"stage4_dfdc/frame", "stage4_dfdc/clip"}
+    assert all(c["augment_fraction_of_step"] > 0 for c in res["figures"]["per_config"].values())
 
 
 def test_engine_benchmark_runs():

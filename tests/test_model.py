@@ -157,8 +157,8 @@ def test_uint8_frames_are_normalised_inside_the_model():
     torch.manual_seed(0)
     model = build_student("rr", backbone=BACKBONE, pretrained="none").eval()
     clip = np.random.default_rng(0).integers(0, 256, (1, S, S, 3), dtype=np.uint8)
-    as_float = ClipTransform("none", S)(clip)[None]
-    as_uint8 = ClipTransform("none", S, normalize=False)(clip)[None]
+    as_float = ClipTransform(S)(clip)[None]
+    as_uint8 = ClipTransform(S, normalize=False)(clip)[None]
     assert as_uint8.dtype == torch.uint8 and as_float.dtype == torch.float32
     with torch.no_grad():
         assert torch.allclose(model(as_uint8), model(as_float), atol=1e-5)

@@ -23,7 +23,7 @@ def dfdc_cache(sample_root, tmp_path_factory):
 
 def test_av_sample_carries_the_audio_window_of_its_clip(dfdc_cache):
     records, cache = dfdc_cache
-    ds = FaceSamples(records, cache, clip_len=4, transform=ClipTransform("none", 32), with_audio=True)
+    ds = FaceSamples(records, cache, clip_len=4, transform=ClipTransform(32), with_audio=True)
     assert len(ds) == 3 * len(records)
     item = ds[4]  # video 1, sample point 1
     rec = records[1]
@@ -42,7 +42,7 @@ def test_missing_audio_is_zeros_and_a_flag(sample_root, tmp_path):
     rec = [r for r in index_dataset("faceforensics", sample_root / "faceforensics")][0]
     cache = FaceCache(tmp_path, "faceforensics", crop_size=32, frames_per_video=2, clip_len=3, detector="none")
     build_face_cache([rec], cache, progress=False)
-    item = FaceSamples([rec], cache, clip_len=3, transform=ClipTransform("none", 32), with_audio=True)[0]
+    item = FaceSamples([rec], cache, clip_len=3, transform=ClipTransform(32), with_audio=True)[0]
     assert item["audio_missing"].item() == 1.0
     assert torch.count_nonzero(item["mel"]) == 0
 
@@ -52,31 +52,49 @@ def test_clip_is_consecutive_frames_and_single_frame_is_the_centre(dfdc_cache):
     crops, meta = cache.entry(records[0].rel)
     runs = meta["frame_indices"]
     assert all(np.diff(run).tolist() == [1] * (len(run) - 1) for run in runs if run[0] != run[-1])
-    t = ClipTransform("none", 32)
+    t = ClipTransform(32)
     clip = FaceSamples(records, cache, clip_len=4, transform=t)[0]["frames"]
     assert torch.allclose(clip, t(np.array(crops[0])))
     frame = FaceSamples(records, cache, clip_len=1, transform=t)[0]["frames"]
     assert frame.shape[0] == 1 and torch.allclose(frame[0], clip[2])
 
 
-def test_one_augmentation_draw_per_clip_and_seeded(tmp_path):
-    cache = FaceCache(tmp_path, "toy", crop_size=32, frames_per_video=1, clip_len=4, detector="none")
+def test_workers_only_read_and_the_seed_travels_with_the_sample(tmp_path):
+    """A training item is the cached uint8 crops as they are (no augmentation in the worker)
+    plus its sampler seed; a DataLoader batch carries the seeds for the on-device augmentation."""
+    from torch.utils.data import DataLoader
+
+    from common.engine import to_device
+    from common.samples import EpochSampler, collate_samples
+
+    cache = FaceCache(tmp_path, "toy", crop_size=16, frames_per_video=2, clip_len=4, detector="none")
     cache.dir.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    crops = np.random.default_rng(0).integers(0, 255, (2, 4, 16, 16, 3), dtype=np.uint8)
     paths = cache.paths("v.mp4")
-    np.save(paths["crops"], np.broadcast_to(frame, (1, 4, 32, 32, 3)).copy())
-    paths["meta"].write_text(json.dumps({"frame_indices": [[0, 1, 2, 3]], "boxes": [[0, 0, 32, 32]],
-                                         "fps": 25.0, "n_frames": 4, "width": 32, "height": 32,
-                                         "audio": {"present": False}}))
+    np.save(paths["crops"], crops)
+    paths["meta"].write_text(json.dumps({"frame_indices": [[0, 1, 2, 3], [8, 9, 10, 11]],
+                                         "boxes": [[0, 0, 16, 16]] * 2, "fps": 25.0, "n_frames": 12,
+                                         "width": 16, "height": 16, "audio": {"present": False}}))
     rec = VideoRecord(path="v.mp4", rel="v.mp4", label=1, group="v", split="train", has_audio=False)
-    ds = FaceSamples([rec], cache, clip_len=4, transform=ClipTransform("maximum", 32, train=True,
-                                                                       preprocessing="clahe_bilateral"))
-    a = ds[(0, 123)]["frames"]
-    for i in range(1, 4):  # identical input frames stay identical: one draw for the whole clip
-        assert torch.equal(a[0], a[i])
-    assert torch.equal(a, ds[(0, 123)]["frames"])        # same seed, same draw
-    assert not torch.equal(a, ds[(0, 124)]["frames"])    # another seed, another draw
+    ds = FaceSamples([rec], cache, clip_len=4, transform=ClipTransform(16, normalize=False))
+    item = ds[(1, 123)]
+    assert item["frames"].dtype == torch.uint8
+    assert torch.equal(item["frames"], torch.from_numpy(crops[1]).permute(0, 3, 1, 2))
+    assert item["seed"].dtype == torch.int64 and item["seed"].item() == 123
+    assert "seed" not in ds[1]  # evaluation items: no seed, no augmentation
+    sampler = EpochSampler(ds.labels, seed=3)
+    batch = next(iter(DataLoader(ds, batch_size=2, sampler=sampler, num_workers=1, collate_fn=collate_samples)))
+    assert batch["frames"].shape == (2, 4, 3, 16, 16) and batch["frames"].dtype == torch.uint8
+    assert batch["seed"].tolist() == [seed for _, seed in sampler]
+    assert batch["label"].tolist() == [1, 1] and batch["video"] == ["v.mp4", "v.mp4"]
+    order = [i for i, _ in sampler]
+    expected = torch.from_numpy(crops[order]).permute(0, 1, 4, 2, 3)
+    assert torch.equal(batch["frames"], expected)
+    # The cache's memory order, stacked as is; the device side makes it contiguous.
+    assert batch["frames"].stride()[2] == 1 and not batch["frames"].is_contiguous()
+    on_device = to_device(batch, torch.device("cpu"))
+    assert on_device["frames"].is_contiguous() and torch.equal(on_device["frames"], expected)
+    assert on_device["seed"] is batch["seed"]  # seeds stay on the host
 
 
 def test_stage_preprocessing_is_stored_once_in_its_own_cache(sample_root, tmp_path):

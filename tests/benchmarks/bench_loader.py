@@ -1,13 +1,15 @@
-"""Loader against model: samples/s one DataLoader worker delivers from the face cache, per
-stage recipe (preprocessing + augmentation), against the model's train step on the same machine.
+"""Loader against model: samples/s one DataLoader worker delivers from the face cache, and
+the on-device augmentation's cost, against the model's train step on the same machine.
 
     python -m tests.benchmarks.bench_loader [--rounds 2] [--backbone efficientnet_b4]
 
-Side by side, order rotating per round: one worker (as common.stage_data builds it: the
-stage's ClipTransform, train=True, EpochSampler) for every stage x {single frame, TM clip},
-and one optimiser step of the student (BG for single frames, TM for clips) on random input.
-From the worker rates it sizes the loader of an 8-GPU box for the assumed per-GPU rate
-(--gpu-images-per-s; NOT measured here: see GPU_ASSUMPTION).
+Side by side, order rotating per round: one worker (as common.stage_data builds it: read the
+uint8 crops, collate; the stage's CLAHE / bilateral filter are in the cache already) for
+{single frame, TM clip}; the stage's ClipAugmenter on a batch (common.augment: it runs on the
+training device, here the CPU); and one optimiser step of the student (BG for single frames,
+TM for clips) on a batch of the same size. From the worker rates it sizes the loader of an
+8-GPU box for the assumed per-GPU rate (--gpu-images-per-s; NOT measured here: see
+GPU_ASSUMPTION).
 """
 from __future__ import annotations
 
@@ -40,11 +42,11 @@ def worker_rate(dataset, batch_size: int, batches: int, seed: int) -> float:
     first batch arrives (the worker is started and busy) and stops at the last."""
     from torch.utils.data import DataLoader
 
-    from common.samples import EpochSampler
+    from common.samples import EpochSampler, collate_samples
 
     sampler = EpochSampler(dataset.labels, seed=seed, shuffle=True)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=1,
-                        prefetch_factor=2)
+                        prefetch_factor=2, collate_fn=collate_samples)
     it = iter(loader)
     next(it)
     t0 = time.perf_counter()
@@ -63,9 +65,8 @@ def core_rate(dataset, n: int, seed: int) -> float:
     other users."""
     import cv2
     import torch
-    from torch.utils.data import default_collate
 
-    from common.samples import EpochSampler
+    from common.samples import EpochSampler, collate_samples
 
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
@@ -73,7 +74,7 @@ def core_rate(dataset, n: int, seed: int) -> float:
     try:
         keys = list(EpochSampler(dataset.labels, seed=seed, shuffle=True))[:n]
         c0 = time.process_time()
-        default_collate([dataset[k] for k in keys])
+        collate_samples([dataset[k] for k in keys])
         return len(keys) / max(1e-9, time.process_time() - c0)
     finally:
         torch.set_num_threads(threads)
@@ -93,6 +94,7 @@ def model_step(model, opt, batch: dict) -> None:
 def run(args) -> dict:
     import torch
 
+    from common.augment import ClipAugmenter
     from common.face_cache import FaceCache
     from common.model import build_student
     from common.preprocess import ClipTransform
@@ -108,53 +110,50 @@ def run(args) -> dict:
     records = S.write_fake_cache(cache, args.videos)
     stages = [RECIPES[s] for s in (args.stages or list(RECIPES))]
     kinds = {"frame": 1, "clip": args.clip_len}
+    batch_of = {"frame": args.model_batch, "clip": args.model_clip_batch}
 
     fns = {}
-    for stage in stages:
-        for kind, clip in kinds.items():
-            # As common.stage_data: CLAHE / bilateral were applied once, at extraction
-            # (FaceCache.preprocessing), so the worker runs the augmentation only.
-            transform = ClipTransform(stage.augmentation, args.image_size, train=True,
-                                      preprocessing="none", normalize=False)
-            ds = FaceSamples(records, cache, clip_len=clip, transform=transform)
-            fns[f"worker/{stage.stage}/{kind}"] = (
-                lambda ds=ds: worker_rate(ds, args.batch_size, args.batches, 0))
-            fns[f"core/{stage.stage}/{kind}"] = (
-                lambda ds=ds: core_rate(ds, args.batch_size * args.batches, 1))
+    for kind, clip in kinds.items():
+        # As common.stage_data.samples_for: the same worker for every stage.
+        ds = FaceSamples(records, cache, clip_len=clip,
+                         transform=ClipTransform(args.image_size, preprocessing="none", normalize=False))
+        fns[f"worker/{kind}"] = lambda ds=ds: worker_rate(ds, args.batch_size, args.batches, 0)
+        fns[f"core/{kind}"] = lambda ds=ds: core_rate(ds, args.batch_size * args.batches, 1)
+        frames = torch.randint(0, 256, (batch_of[kind], clip, 3, args.image_size, args.image_size),
+                               dtype=torch.uint8)
+        seeds = torch.arange(batch_of[kind], dtype=torch.int64)
+        for stage in stages:
+            aug = ClipAugmenter(stage.augmentation)
+            fns[f"augment/{stage.stage}/{kind}"] = lambda a=aug, f=frames, s=seeds: a(f, s)
 
-    models = {}
-    for kind, name, batch in (("frame", "bg", args.model_batch), ("clip", "tm", args.model_clip_batch)):
+    for kind, name in (("frame", "bg"), ("clip", "tm")):
         model = build_student(name, backbone=args.backbone, pretrained="none", clip_len=args.clip_len)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        t = kinds[kind]
-        data = {"frames": torch.randn(batch, t, 3, args.image_size, args.image_size),
-                "label": torch.arange(batch) % 2}
+        data = {"frames": torch.randn(batch_of[kind], kinds[kind], 3, args.image_size, args.image_size),
+                "label": torch.arange(batch_of[kind]) % 2}
         model_step(model, opt, data)  # warm-up: first-step allocations
-        models[kind] = (model, opt, data)
-        fns[f"model/{name}"] = (lambda m=model, o=opt, d=data: model_step(m, o, d))
+        fns[f"model/{kind}"] = (lambda m=model, o=opt, d=data: model_step(m, o, d))
 
     res = S.interleaved(fns, args.rounds)
-    model_rate = {"frame": S.median([models["frame"][2]["label"].numel() / w
-                                     for w in res["model/bg"]["wall"]]),
-                  "clip": S.median([models["clip"][2]["label"].numel() / w
-                                    for w in res["model/tm"]["wall"]])}
+    model_rate = {k: S.median([batch_of[k] / w for w in res[f"model/{k}"]["wall"]]) for k in kinds}
     gpu = {"frame": args.gpu_images_per_s,
            "clip": args.gpu_images_per_s * model_rate["clip"] / model_rate["frame"]}
     per_config = {}
     for stage in stages:
         for kind, clip in kinds.items():
-            key = f"{stage.stage}/{kind}"
-            wall = S.median(res[f"worker/{key}"]["result"])
-            core = S.median(res[f"core/{key}"]["result"])
+            wall = S.median(res[f"worker/{kind}"]["result"])
+            core = S.median(res[f"core/{kind}"]["result"])
             need = TARGET_GPUS * gpu[kind]  # samples/s that 8 GPUs consume
-            per_config[key] = {
+            per_config[f"{stage.stage}/{kind}"] = {
                 "worker_samples_per_s": wall,
                 "core_samples_per_cpu_s": core,
                 "core_frames_per_cpu_s": core * clip,
                 "worker_vs_model_here": wall / model_rate[kind],
                 "workers_for_8_gpus": math.ceil(need / core),
                 "workers_for_8_gpus_by_wall_rate": math.ceil(need / wall),
+                "augment_fraction_of_step": S.paired_ratio(res[f"augment/{stage.stage}/{kind}"]["cpu"],
+                                                           res[f"model/{kind}"]["cpu"]),
             }
     stage4 = [k for k in per_config if k.startswith("stage4")]
     return S.rounded({
@@ -170,7 +169,7 @@ def run(args) -> dict:
         "conditions": S.conditions(
             backbone=args.backbone, image_size=args.image_size, clip_len=args.clip_len,
             loader_batch_size=args.batch_size, batches_timed=args.batches, rounds=args.rounds,
-            model_batch={"bg": args.model_batch, "tm": args.model_clip_batch},
+            model_batch=batch_of,
             cache_entries=f"{args.videos} synthetic videos, [{args.points}, {args.clip_len}, "
                           f"{args.image_size}, {args.image_size}, 3] uint8 each",
             gpu_assumption=GPU_ASSUMPTION, gpu_images_per_s=args.gpu_images_per_s,
@@ -178,7 +177,10 @@ def run(args) -> dict:
                        "thread(s)), random input, after one warm-up",
             notes="worker_*: one DataLoader worker, wall clock; core_*: the worker's work in "
                   "this process, per CPU-second (one torch / OpenCV thread); workers_for_8_gpus "
-                  "= ceil(8 x assumed GPU samples/s / core rate)"),
+                  "= ceil(8 x assumed GPU samples/s / core rate); augment_fraction_of_step: "
+                  "CPU seconds of the stage's ClipAugmenter on the model's batch / CPU seconds "
+                  "of one train step on that batch, median of per-round ratios, both on the CPU "
+                  "here (on a GPU both run there: python -m tests.benchmarks.bench_gpu)"),
     })
 
 

@@ -36,6 +36,7 @@ def child_train(args, n: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
+    from common.augment import augmenter_for
     from common.engine import make_optimizer, make_precision, train_one_epoch
     from common.face_cache import FaceCache
     from common.losses import build_loss
@@ -52,9 +53,8 @@ def child_train(args, n: int) -> dict:
     records = S.write_fake_cache(cache, n)  # already written by the parent: only listed here
     model = build_student("bg", backbone=args.backbone, pretrained="none", clip_len=args.clip_len)
     tracemalloc.start()  # the index: what FaceSamples keeps in Python objects
-    ds = FaceSamples(records, cache, clip_len=1,
-                     transform=ClipTransform(recipe.augmentation, args.image_size, train=True,
-                                             preprocessing="none", normalize=False))  # as stage_data: done at extraction
+    ds = FaceSamples(records, cache, clip_len=1,  # as stage_data: preprocessing done at extraction
+                     transform=ClipTransform(args.image_size, preprocessing="none", normalize=False))
     index_mb = tracemalloc.get_traced_memory()[0] / 2**20
     tracemalloc.stop()
     sampler = EpochSampler(ds.labels, seed=0)
@@ -62,7 +62,8 @@ def child_train(args, n: int) -> dict:
     opt, sched = make_optimizer(model, recipe.lr, recipe.weight_decay, len(loader), 0.05)
     loss_fn = build_loss("weighted_ce", class_counts=np.bincount(ds.labels, minlength=2).tolist())
     stats = train_one_epoch(model, loader, loss_fn, opt, sched,
-                            make_precision(torch.device("cpu"), amp=False))
+                            make_precision(torch.device("cpu"), amp=False),
+                            augment=augmenter_for(recipe.augmentation))
     return {"videos": n, "samples": stats["samples"], "steps": stats["steps"],
             "index_mb": index_mb, "peak_rss_mb": S.peak_rss_mb()}
 
