@@ -113,7 +113,7 @@ def student_samples(st: Student, records: Sequence, args, settings, dataset: str
     if arch is not None:
         cfg.clip_len = st.clip_len
         return sd.samples_for(records, cache, cfg, recipe, train=False), cfg
-    transform = ClipTransform("none", settings.image_size, train=False, preprocessing="none", normalize=False)
+    transform = ClipTransform(settings.image_size, preprocessing="none", normalize=False)
     return FaceSamples(records, cache, clip_len=st.clip_len, transform=transform, with_audio=False), cfg
 
 
