@@ -23,11 +23,11 @@ import torch
 
 from common.checkpoints import atomic_write, stage_paths
 from common.datasets import detect_layout, index_dataset
-from common.ensemble import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line,
+from common.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line,
                              check_external, load_students, logit, make_cache, pick_device,
                              score_videos)
 from common.errors import DatasetLayoutError, UserError
-from common.face_cache import build_face_cache
+from common.extraction import build_face_cache
 from common.metrics import binary_metrics
 from common.recipes import RECIPES
 from common.reports import roc_plot

@@ -32,7 +32,7 @@ from common.cli import chunk_list, positive_int
 from common.datasets import DATASETS, index_dataset, part_dirs
 from common.distributed import DistInfo
 from common.engine import make_precision, predict
-from common.ensemble import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
+from common.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
                              pick_device)
 from common.ensemble_fit import choose_settings
 from common.errors import UserError

@@ -7,7 +7,7 @@ included. A sample point without a face of its own borrows the box of the neares
 with one only when that point is at most MAX_GAP_S away; otherwise it is dropped. A video
 with fewer than half its points usable is skipped (few_faces).
 
-The CLI (`python -m common.faces`) is common/extraction_cli.py.
+The command line (`python -m common.extract`) is common/extract.py.
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import concurrent.futures as cf
 import logging
 import os
 import signal
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -451,14 +450,3 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     summary["skipped"] = dict(summary["skipped"])
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m common.extraction` (= `python -m common.faces`): see common.extraction_cli."""
-    from common.extraction_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

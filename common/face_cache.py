@@ -197,12 +197,3 @@ class FaceCache:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-
-
-def __getattr__(name: str):
-    # The extraction API used to live here; kept importable from this module without a
-    # top-level import (extraction imports this module).
-    if name in ("build_face_cache", "extract_video", "video_crops"):
-        from common import extraction
-        return getattr(extraction, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Sequence
@@ -254,26 +253,3 @@ def crop_box(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
         return canvas
     # INTER_AREA averages when shrinking (no aliasing); it is bilinear-like when enlarging.
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def __getattr__(name: str):
-    # Lazy re-export of the cache API (the contract names this module); a top-level import
-    # would make faces -> extraction -> faces a cycle.
-    if name in ("FaceCache", "cache_key", "video_key", "shard_of"):
-        from common import face_cache
-        return getattr(face_cache, name)
-    if name in ("build_face_cache", "extract_video", "video_crops"):
-        from common import extraction
-        return getattr(extraction, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m common.faces` is `python -m common.extraction` (kept: the README names it)."""
-    from common.extraction_cli import main as extraction_main
-
-    return extraction_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from common import distributed
 from common.augment import ClipAugmenter, augmenter_for
 from common.datasets import index_dataset
-from common.face_cache import FaceCache, build_face_cache
+from common.extraction import build_face_cache
+from common.face_cache import FaceCache
 from common.model import CLIP_MODELS
 from common.preprocess import ClipTransform
 from common.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples

@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 import torch
 
-from common import ensemble
+from common import ensemble, students
 from common.checkpoints import save_checkpoint
 from common.datasets import index_dataset
 from common.ensemble_fit import check_classes, chance_reason, fit_combiner
 from common.errors import UserError
-from common.face_cache import build_face_cache
+from common.extraction import build_face_cache
 from common.metrics import binary_metrics
 from common.model import build_student
 
 SMALL = ["--image-size", "32", "--frames-per-video", "2", "--face-detector", "none",
          "--workers", "0", "--device", "cpu", "--batch-size", "8"]
-SETTINGS = ensemble.Settings(image_size=32, frames_per_video=2, clip_len=3, detector="none")
+SETTINGS = students.Settings(image_size=32, frames_per_video=2, clip_len=3, detector="none")
 SPLIT_SEED = 42  # the stage scripts' default seed
 
 
@@ -74,9 +74,9 @@ def _off_chance(name: str, val, cache, first_seed: int = 0, preprocessing: str =
     """The first seed whose random student is not at chance on the validation list."""
     for seed in range(first_seed, first_seed + 30):
         model = _student(name, seed)
-        st = ensemble.Student(name, Path(), model, 1.0, preprocessing,
+        st = students.Student(name, Path(), model, 1.0, preprocessing,
                               3 if name == "av" else 1, name == "av", {})
-        _, labels, probs = ensemble.score_videos(st, val, cache, SETTINGS, torch.device("cpu"))
+        _, labels, probs = students.score_videos(st, val, cache, SETTINGS, torch.device("cpu"))
         if chance_reason(binary_metrics(labels, probs)["auc"]) is None:
             return model
     raise AssertionError(f"no seed in {first_seed}..{first_seed + 29} gives a {name} off chance")
@@ -91,7 +91,7 @@ def fitted(sample_root, tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("cache")
     data = sample_root / "dfdc"
     val = val_list(data)
-    cache = ensemble.make_cache(cache_dir, "dfdc", SETTINGS)
+    cache = students.make_cache(cache_dir, "dfdc", SETTINGS)
     build_face_cache(val, cache, progress=False)
     for name in ("bg", "av"):
         _save(ckpt, _off_chance(name, val, cache), extra=contract(data))
@@ -182,13 +182,13 @@ def test_combiner_weights_and_chance_rule():
     assert fit["models"]["rr"]["dropped_reason"] and fit["val_auc_in_sample"] > 0.9
     assert fit["val_auc_oof"] > 0.9
     assert [c["students"] for c in fit["combiners"]] == [["bg"]]  # rr is in no combiner
-    # the stored weights reproduce the fitted probabilities through ensemble.fuse
+    # the stored weights reproduce the fitted probabilities through students.fuse
     ens = {"intercept": fit["intercept"], "combiners": fit["combiners"],
            "models": [{"name": n, **r} for n, r in fit["models"].items()]}
-    fused = [ensemble.fuse({"bg": g, "rr": 0.5}, ens)[0] for g in good]
+    fused = [students.fuse({"bg": g, "rr": 0.5}, ens)[0] for g in good]
     assert np.allclose(fused, fit["fused"], atol=1e-6)
     with pytest.raises(UserError, match="none of the students the ensemble relies on"):
-        ensemble.fuse({"rr": 0.9}, ens)
+        students.fuse({"rr": 0.9}, ens)
     with pytest.raises(UserError, match="no student beats chance"):
         fit_combiner({"rr": flat}, y)
     with pytest.raises(UserError, match="0 real and 3 fake"):
@@ -207,12 +207,12 @@ def test_a_missing_student_means_the_combiner_fit_without_it():
            "models": [{"name": n, **r} for n, r in fit["models"].items()]}
     only_a = fit_combiner({"bg": a}, y)  # what a refit without cm gives
     for p in (0.2, 0.7):
-        got, missing = ensemble.fuse({"bg": p}, ens)
-        want = 1 / (1 + math.exp(-(only_a["intercept"] + only_a["models"]["bg"]["weight"] * ensemble.logit(p))))
+        got, missing = students.fuse({"bg": p}, ens)
+        want = 1 / (1 + math.exp(-(only_a["intercept"] + only_a["models"]["bg"]["weight"] * students.logit(p))))
         assert missing == ["cm"] and got == pytest.approx(float(want), abs=1e-9)
         # ...which is not what dropping cm's term from the two-student sum would say
         full = fit["combiners"][-1]
-        dropped = 1 / (1 + math.exp(-(full["intercept"] + full["weights"]["bg"] * ensemble.logit(p))))
+        dropped = 1 / (1 + math.exp(-(full["intercept"] + full["weights"]["bg"] * students.logit(p))))
         assert abs(got - float(dropped)) > 0.01
 
 
@@ -247,16 +247,16 @@ def test_predict_json_audio_no_audio_and_a_bad_file(fitted, sample_root, tmp_pat
     for r in (good, ff):
         assert r["ok"] and r["verdict"] == ("FAKE" if r["fake_probability"] >= 0.5 else "REAL")
         # the fused probability is the (bg, av, ll) combiner applied to the students' own scores
-        want, _ = ensemble.fuse({n: s["score"] for n, s in r["students"].items()}, ens)
+        want, _ = students.fuse({n: s["score"] for n, s in r["students"].items()}, ens)
         assert r["fake_probability"] == pytest.approx(want, abs=1e-12)
         assert set(r["students"]) == {"bg", "av", "rr", "ll"} and r["missing_students"] == []
         assert r["combiner"] == ["av", "bg", "ll"] or sorted(r["combiner"]) == ["av", "bg", "ll"]
         assert r["students"]["rr"]["score"] == pytest.approx(0.5)
     # predict decodes the file itself; its score matches the fit-time path through the cache
-    cache = ensemble.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
+    cache = students.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
     rec = next(r for r in val_list(data) if Path(r.path) == dfdc_video)
-    bg = ensemble.load_student(ckpt / "bg_model_student.pt", "bg")
-    _, _, probs = ensemble.score_videos(bg, [rec], cache, SETTINGS, torch.device("cpu"))
+    bg = students.load_student(ckpt / "bg_model_student.pt", "bg")
+    _, _, probs = students.score_videos(bg, [rec], cache, SETTINGS, torch.device("cpu"))
     assert good["students"]["bg"]["score"] == pytest.approx(float(probs[0]), abs=1e-4)
     # the text form of the same result lists every specialist
     text = ensemble.format_result(good)
@@ -294,13 +294,13 @@ def test_predict_without_ensemble_is_a_user_error(tmp_path, capsys):
 # ----------------------------------------------------------------------------- external students
 
 def test_torchscript_student_scores_like_the_model_it_was_exported_from(fitted):
-    ll = ensemble.load_student(fitted["ckpt"] / "ll_model_student.pt", "ll")
+    ll = students.load_student(fitted["ckpt"] / "ll_model_student.pt", "ll")
     assert ll.external and ll.clip_len == 1 and ll.temperature == 1.0 and ll.preprocessing == "none"
-    cache = ensemble.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
+    cache = students.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
     val = val_list(fitted["data"])
-    original = ensemble.Student("bg", Path(), fitted["ll"], 1.0, "none", 1, False, {})
-    ids, _, want = ensemble.score_videos(original, val, cache, SETTINGS, torch.device("cpu"))
-    got_ids, _, got = ensemble.score_videos(ll, val, cache, SETTINGS, torch.device("cpu"))
+    original = students.Student("bg", Path(), fitted["ll"], 1.0, "none", 1, False, {})
+    ids, _, want = students.score_videos(original, val, cache, SETTINGS, torch.device("cpu"))
+    got_ids, _, got = students.score_videos(ll, val, cache, SETTINGS, torch.device("cpu"))
     assert got_ids == ids and np.allclose(got, want, atol=1e-5)
 
 

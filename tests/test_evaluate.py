@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from common import ensemble, evaluate
+from common import ensemble, evaluate, students
 from common.datasets import index_dataset
-from common.face_cache import build_face_cache
+from common.extraction import build_face_cache
 from common.metrics import binary_metrics
 from tests.test_ensemble import SETTINGS, SMALL, _off_chance, _save, _script, _student, contract, val_list
 
@@ -28,7 +28,7 @@ def setup(sample_root, tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("eval_cache")
     data = sample_root / "dfdc"
     val = val_list(data)
-    cache = ensemble.make_cache(cache_dir, "dfdc", SETTINGS)
+    cache = students.make_cache(cache_dir, "dfdc", SETTINGS)
     build_face_cache(val, cache, progress=False)
     _save(ckpt, _off_chance("bg", val, cache), extra=contract(data))
     _save(ckpt, _student("rr", 0, constant=True), extra=contract(data))
@@ -71,7 +71,7 @@ def test_celebdf_test_list_every_student_and_the_ensemble(setup, capsys, tmp_pat
     ens = json.loads((setup["ckpt"] / "ensemble.json").read_text())
     assert rows["ensemble"]["combiners_used"] == {"bg, ll": 5}
     for vid, s in rows["ensemble"]["video_scores"].items():
-        fused, _ = ensemble.fuse({n: rows[n]["video_scores"][vid]["score"] for n in ("bg", "rr", "ll")}, ens)
+        fused, _ = students.fuse({n: rows[n]["video_scores"][vid]["score"] for n in ("bg", "rr", "ll")}, ens)
         assert s["score"] == pytest.approx(fused, abs=1e-9)
     md = (tmp_path / "evaluation.md").read_text()
     assert "| model | frame AUC | video AUC | AP | EER | log loss | videos (real / fake) |" in md
@@ -102,7 +102,7 @@ def test_dfdc_untrained_part_is_scored(setup, capsys, tmp_path):
     root = setup["root"] / "dfdc"
     ck = tmp_path / "ck"
     ck.mkdir()
-    bg = ensemble.load_student(setup["ckpt"] / "bg_model_student.pt", "bg")
+    bg = students.load_student(setup["ckpt"] / "bg_model_student.pt", "bg")
     part0 = contract(root)
     part0["data_index"]["kwargs"]["parts"] = [0]
     part0["val_videos"] = [r for r in part0["val_videos"] if "part_0/" in r]

@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 
-from common import ensemble
+from common import ensemble, students
 from common.checkpoints import load_checkpoint, save_checkpoint, stage_paths
 from common.cli import run_stage
 from common.datasets import index_dataset
@@ -71,12 +71,12 @@ def test_predict_scores_give_the_validation_auc_of_the_metrics_file(trained):
     print(f"video AUC from predict {auc:.4f}, metrics file {trained_auc:.4f}")
     assert abs(auc - trained_auc) <= 0.01, (auc, trained_auc)
     # stronger: each video's score equals the one from the stage's own validation cache
-    ens = json.loads((work / "ck" / ensemble.ENSEMBLE_FILE).read_text())
-    st = ensemble.load_student(paths.student, "cm")
+    ens = json.loads((work / "ck" / students.ENSEMBLE_FILE).read_text())
+    st = students.load_student(paths.student, "cm")
     st.temperature = next(m["temperature"] for m in ens["models"] if m["name"] == "cm")
-    settings = ensemble.Settings(**ens["settings"])
+    settings = students.Settings(**ens["settings"])
     stage_cache = FaceCache(work / "cache", "faceforensics", 32, 2, 3, "yunet")
-    ids, _, probs = ensemble.score_videos(st, val, stage_cache, settings, torch.device("cpu"))
+    ids, _, probs = students.score_videos(st, val, stage_cache, settings, torch.device("cpu"))
     by_rel = {r.rel: r.path for r in val}
     for rel, p in zip(ids, probs):
         assert results[by_rel[rel]]["students"]["cm"]["score"] == pytest.approx(float(p), abs=1e-4)

@@ -280,7 +280,7 @@ def test_cli_extracts_a_dataset_and_rejects_bad_flags(tmp_path, capsys):
 def test_two_processes_share_one_empty_cache(tmp_path):
     root = tmp_path / "celebdf"
     make_celebdf(root, n_ids=2, n_frames=12)
-    cmd = [sys.executable, "-m", "common.faces", "--dataset", "celebdf", "--data", str(root),
+    cmd = [sys.executable, "-m", "common.extract", "--dataset", "celebdf", "--data", str(root),
            "--cache-dir", str(tmp_path / "cache"), "--image-size", "32", "--frames-per-video", "2",
            "--clip-len", "2", "--workers", "0", "--no-progress", "--no-audio"]
     repo = Path(__file__).resolve().parents[1]

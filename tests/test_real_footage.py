@@ -71,7 +71,7 @@ def test_sigterm_ends_a_pooled_extraction_within_seconds(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "common.faces", "--dataset", "faceforensics",
+    cmd = [sys.executable, "-m", "common.extract", "--dataset", "faceforensics",
            "--data", str(REAL / "ffpp"), "--cache-dir", str(tmp_path), "--image-size", "64",
            "--frames-per-video", "64", "--clip-len", "2", "--workers", "2", "--no-progress",
            "--no-audio"]

@@ -28,7 +28,8 @@ import torch
 
 from common.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint, stage_paths
 from common.cli import EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, EXIT_USER_ERROR, run_stage
-from common.face_cache import CacheWriteError, FaceCache, build_face_cache
+from common.extraction import build_face_cache
+from common.face_cache import CacheWriteError, FaceCache
 from common.sample_data import face_video, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]

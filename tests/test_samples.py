@@ -7,7 +7,8 @@ import torch
 
 from common.audio import MEL_WINDOW, N_MELS, mel_window
 from common.datasets import VideoRecord, index_dataset
-from common.face_cache import FaceCache, build_face_cache
+from common.extraction import build_face_cache
+from common.face_cache import FaceCache
 from common.preprocess import ClipTransform
 from common.samples import FaceSamples
 

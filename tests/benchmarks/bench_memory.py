@@ -70,7 +70,8 @@ def child_train(args, n: int) -> dict:
 
 def child_extract(args, n: int) -> dict:
     from common.datasets import VideoRecord
-    from common.face_cache import FaceCache, build_face_cache
+    from common.extraction import build_face_cache
+    from common.face_cache import FaceCache
 
     videos = [S.ensure_video(args.video_dir, i, args.width, args.height, args.seconds, args.fps,
                              args.face_px) for i in range(n)]

@@ -1,6 +1,6 @@
-"""The extraction CLI: `python -m common.faces` (also `python -m common.extraction`).
+"""`python -m common.extract`: detect, crop and cache the faces (and audio) of a dataset.
 
-  python -m common.faces --dataset celebdf --data PATH [--cache-dir cache] [--workers 4]
+  python -m common.extract --dataset celebdf --data PATH [--cache-dir cache] [--workers 4]
       [--shard I/N] [--face-detector yunet|haar|none] [--face-model PATH] ...
 
 Exit codes: 0 done; 1 some videos failed (retried next run); 2 a bad flag, path or model;
@@ -54,7 +54,7 @@ def _preprocessing(choice: str, dataset: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m common.faces",
+        prog="python -m common.extract",
         description="Detect, crop and cache the faces (and log-mel audio) of a dataset.")
     a = parser.add_argument
     a("--dataset", required=True, choices=("faceforensics", "celebdf", "dfdc"))
