@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.recipes import RECIPES, script_name
+from common.recipes import DEFAULTS, RECIPES, script_name
 
 # Exit codes (README, "When things go wrong").
 EXIT_USER_ERROR = 2       # a bad path, flag or file: fix the command line
@@ -19,35 +19,36 @@ EXIT_INTERRUPTED = 130    # SIGINT/SIGTERM: state was saved, rerun with --resume
 
 @dataclass
 class StageConfig:
+    """One stage run's settings: exactly the parsed flags (defaults live in the parser)."""
     model: str
     stage: str
     data: Path
-    checkpoint_dir: Path = Path("checkpoints")
-    cache_dir: Path = Path("cache")
-    init: Path | None = None
-    resume: bool = False
-    overwrite: bool = False
-    epochs: int | None = None
-    lr: float | None = None
-    batch_size: int = 32
-    workers: int = 8
-    seed: int = 42
-    backbone: str = "efficientnet_b4"
-    pretrained: str = "imagenet"
-    image_size: int = 224
-    frames_per_video: int = 32
-    clip_len: int = 8
-    max_videos: int | None = None
-    device: str = "auto"
-    amp: bool = True
-    chunks: tuple[int, ...] | None = None
-    skip_missing_chunks: bool = False
-    compression: str = "c23"
-    splits: Path | None = None
-    face_detector: str = "yunet"
-    face_model: Path | None = None
-    max_bad_fraction: float = 0.05
-    status_file: Path | None = Path("TRAINING_STATUS.md")
+    checkpoint_dir: Path
+    cache_dir: Path
+    init: Path | None
+    resume: bool
+    overwrite: bool
+    epochs: int
+    lr: float
+    batch_size: int
+    workers: int
+    seed: int
+    backbone: str
+    pretrained: str
+    image_size: int
+    frames_per_video: int
+    clip_len: int
+    max_videos: int | None
+    device: str
+    amp: bool
+    face_detector: str
+    face_model: Path | None
+    max_bad_fraction: float
+    status_file: Path | None
+    compression: str = "c23"                  # FF++ stages only
+    splits: Path | None = None                # FF++ stages only
+    chunks: tuple[int, ...] | None = None     # DFDC stage only
+    skip_missing_chunks: bool = False         # DFDC stage only
 
 
 def positive_int(text: str) -> int:
@@ -128,18 +129,20 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
     a("--epochs", type=positive_int, default=recipe.epochs,
       help=f"epochs{' per chunk' if recipe.chunks else ''} (default: %(default)s, the recipe's)")
     a("--lr", type=positive_float, default=recipe.lr, help="peak learning rate (default: %(default)s, the recipe's)")
-    a("--batch-size", type=positive_int, default=32, help="samples per GPU per step")
-    a("--workers", type=non_negative_int, default=8, help="DataLoader worker processes per GPU (0 = in-process)")
-    a("--seed", type=non_negative_int, default=42, help="seed for splits, sampling, augmentation and init")
-    a("--backbone", default="efficientnet_b4", help="torchvision backbone (stage 1; later stages inherit)")
+    a("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="samples per GPU per step")
+    a("--workers", type=non_negative_int, default=DEFAULTS.workers,
+      help="DataLoader worker processes per GPU (0 = in-process)")
+    a("--seed", type=non_negative_int, default=DEFAULTS.seed, help="seed for splits, sampling, augmentation and init")
+    a("--backbone", default=DEFAULTS.backbone, help="torchvision backbone (stage 1; later stages inherit)")
     a("--pretrained", default="imagenet", help="backbone weights: imagenet, none, or a path to a state_dict")
-    a("--image-size", type=positive_int, default=224, help="face crop side in pixels")
-    a("--frames-per-video", type=positive_int, default=32, help="frames sampled evenly over each video")
-    a("--clip-len", type=positive_int, default=8, help="consecutive frames per TM/AV clip")
+    a("--image-size", type=positive_int, default=DEFAULTS.image_size, help="face crop side in pixels")
+    a("--frames-per-video", type=positive_int, default=DEFAULTS.frames_per_video,
+      help="frames sampled evenly over each video")
+    a("--clip-len", type=positive_int, default=DEFAULTS.clip_len, help="consecutive frames per TM/AV clip")
     a("--max-videos", type=positive_int, help="cap videos per split (smoke runs; default: all)")
     a("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto = CUDA when present")
     a("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
-    a("--face-detector", choices=("yunet", "haar", "none"), default="yunet",
+    a("--face-detector", choices=("yunet", "haar", "none"), default=DEFAULTS.face_detector,
       help="yunet (model from --face-model or the per-user cache), haar, or none (videos are "
            "face crops already)")
     a("--face-model", type=Path, help="YuNet .onnx model for --face-detector yunet")

@@ -42,7 +42,7 @@ def make_precision(device: torch.device, amp: bool) -> Precision:
     return Precision(device, dtype, scaler)
 
 
-def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float = 0.01):
+def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float):
     """LR multiplier per optimiser step: linear warmup, then cosine down to `floor`."""
     warmup = max(1, int(total_steps * warmup_fraction))
 
@@ -56,7 +56,7 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float = 0.01)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total_steps: int,
-                   warmup_fraction: float, lr_multipliers: dict[str, float] | None = None):
+                   warmup_fraction: float, lr_floor: float, lr_multipliers: dict[str, float] | None = None):
     """AdamW (no decay on biases and norms) and a per-iteration warmup + cosine schedule.
 
     lr_multipliers: parameter-name prefix -> factor on `lr` for those parameters (e.g. AV's
@@ -72,7 +72,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total_steps
     order = sorted(groups, key=lambda k: (k[0] != 1.0, k[0], not k[1]))  # base groups first
     opt = torch.optim.AdamW([{"params": groups[k], "lr": lr * k[0],
                               "weight_decay": weight_decay if k[1] else 0.0} for k in order], lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_fraction))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_fraction, lr_floor))
     return opt, sched
 
 
@@ -96,7 +96,7 @@ def forward(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, scheduler,
-                    precision: Precision, *, augment=None, grad_clip: float = 1.0, progress=None,
+                    precision: Precision, *, augment=None, grad_clip: float | None = None, progress=None,
                     on_step=None, stop_requested=lambda: False) -> dict:
     """One pass over `loader`. Returns mean loss, samples seen, samples/s and whether it was stopped.
 
@@ -124,7 +124,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         precision.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         precision.scaler.step(optimizer)
         precision.scaler.update()
         scheduler.step()

@@ -26,6 +26,7 @@ from common.errors import UserError
 from common.extraction import extract_video, face_settings
 from common.face_cache import NoFaceError
 from common.faces import DETECTORS, make_detector
+from common.recipes import DEFAULTS
 from common.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
                              load_ensemble, load_student, make_cache, pick_device, score_videos,
                              student_path)
@@ -150,14 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check that the students were validated on this dataset")
     f.add_argument("--cache-dir", type=Path, default=Path("cache"))
     f.add_argument("--max-videos", type=positive_int, help="cap validation videos (half real, half fake)")
-    f.add_argument("--image-size", type=positive_int, help="face crop side (default: training config or 224)")
-    f.add_argument("--frames-per-video", type=positive_int, help="default: training config or 32")
-    f.add_argument("--face-detector", choices=DETECTORS, help="default: training config or yunet")
+    f.add_argument("--image-size", type=positive_int, help=f"face crop side (default: training config or {DEFAULTS.image_size})")
+    f.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
+    f.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
     f.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
-    f.add_argument("--seed", type=int, help="seed of the --max-videos cap (default: training config or 42); "
+    f.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed}); "
                                             "the videos themselves come from the students' checkpoints")
     f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    f.add_argument("--batch-size", type=positive_int, default=32)
+    f.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     f.add_argument("--workers", type=int, default=2, help="DataLoader and face-extraction workers")
     f.add_argument("--out", type=Path, help="where ensemble.json and the reports go "
                                             "(default: --checkpoint-dir)")

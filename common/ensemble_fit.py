@@ -29,7 +29,7 @@ from common.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availabil
 from common.errors import DatasetLayoutError, UserError
 from common.extraction import build_face_cache
 from common.metrics import binary_metrics
-from common.recipes import RECIPES
+from common.recipes import DEFAULTS, RECIPES
 from common.reports import roc_plot
 from common.stage_data import cap_per_split
 
@@ -76,13 +76,14 @@ def choose_settings(students: dict[str, Student], args) -> tuple[Settings, int]:
     """Cache/transform settings and the split seed, matching how the students were trained."""
     configs = [training_config(s) for s in students.values()]
     settings = Settings(
-        image_size=_agreed(args.image_size, configs, "image_size", 224, int),
-        frames_per_video=_agreed(args.frames_per_video, configs, "frames_per_video", 32, int),
+        image_size=_agreed(args.image_size, configs, "image_size", DEFAULTS.image_size, int),
+        frames_per_video=_agreed(args.frames_per_video, configs, "frames_per_video",
+                                 DEFAULTS.frames_per_video, int),
         # the longest clip any student was built for: the training cache is then reused as is
         clip_len=max(int(s.model.options.get("clip_len", 1)) for s in students.values()),
-        detector=_agreed(args.face_detector, configs, "face_detector", "yunet", str),
+        detector=_agreed(args.face_detector, configs, "face_detector", DEFAULTS.face_detector, str),
         face_model=_agreed(args.face_model, configs, "face_model", None, str))
-    return settings, _agreed(args.seed, configs, "seed", 42, int)
+    return settings, _agreed(args.seed, configs, "seed", DEFAULTS.seed, int)
 
 
 # ----------------------------------------------------------------------------- data

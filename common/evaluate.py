@@ -32,6 +32,7 @@ from common.cli import chunk_list, positive_int
 from common.datasets import DATASETS, index_dataset, part_dirs
 from common.distributed import DistInfo
 from common.engine import make_precision, predict
+from common.recipes import DEFAULTS
 from common.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
                              pick_device)
 from common.ensemble_fit import choose_settings
@@ -246,13 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=Path, help="FF++ folder with the official split files (default <data>/splits)")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
     p.add_argument("--max-videos", type=positive_int, help="cap the videos scored (half real, half fake)")
-    p.add_argument("--image-size", type=positive_int, help="default: training config or 224")
-    p.add_argument("--frames-per-video", type=positive_int, help="default: training config or 32")
-    p.add_argument("--face-detector", choices=DETECTORS, help="default: training config or yunet")
+    p.add_argument("--image-size", type=positive_int, help=f"default: training config or {DEFAULTS.image_size}")
+    p.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
+    p.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
     p.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
-    p.add_argument("--seed", type=int, help="seed of the --max-videos cap (default: training config or 42)")
+    p.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, help="output folder (default <checkpoint-dir>/evaluation/<dataset>)")
     return p

@@ -18,7 +18,8 @@ from typing import Sequence
 from common.errors import UserError
 from common.extraction import build_face_cache
 from common.face_cache import CacheWriteError, FaceCache
-from common.faces import DEFAULT_DETECTOR, DETECTORS, make_detector
+from common.faces import DETECTORS, make_detector
+from common.recipes import DEFAULTS
 
 
 def format_summary(summary: dict, cache) -> str:
@@ -54,16 +55,16 @@ def _preprocessing(choice: str, dataset: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m common.extract",
+        prog="python -m common.extract", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Detect, crop and cache the faces (and log-mel audio) of a dataset.")
     a = parser.add_argument
     a("--dataset", required=True, choices=("faceforensics", "celebdf", "dfdc"))
     a("--data", required=True, help="dataset root, official layout")
     a("--cache-dir", default="cache")
-    a("--image-size", type=int, default=224)
-    a("--frames-per-video", type=int, default=32)
-    a("--clip-len", type=int, default=8)
-    a("--face-detector", default=DEFAULT_DETECTOR, choices=DETECTORS)
+    a("--image-size", type=int, default=DEFAULTS.image_size)
+    a("--frames-per-video", type=int, default=DEFAULTS.frames_per_video)
+    a("--clip-len", type=int, default=DEFAULTS.clip_len)
+    a("--face-detector", default=DEFAULTS.face_detector, choices=DETECTORS)
     a("--face-model", default=None, help="YuNet ONNX model (default: the per-user model cache)")
     a("--detect-max-side", type=int, default=640, help="detect on frames downscaled to this long side")
     a("--workers", type=int, default=min(4, os.cpu_count() or 1),

@@ -31,6 +31,7 @@ import numpy as np
 
 from common.checkpoints import atomic_write
 from common.errors import UserError
+from common.recipes import DEFAULTS
 
 CACHE_VERSION = 2  # 2: own detections only, points without a face dropped (K <= N runs)
 AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
@@ -93,8 +94,9 @@ def write_json(path: Path, obj: dict) -> None:
 class FaceCache:
     """Reader (and target) of one dataset's face cache folder."""
 
-    def __init__(self, root: str | os.PathLike, dataset: str, crop_size: int = 224,
-                 frames_per_video: int = 32, clip_len: int = 8, detector: str = "yunet",
+    def __init__(self, root: str | os.PathLike, dataset: str, crop_size: int = DEFAULTS.image_size,
+                 frames_per_video: int = DEFAULTS.frames_per_video, clip_len: int = DEFAULTS.clip_len,
+                 detector: str = DEFAULTS.face_detector,
                  preprocessing: str = "none"):
         self.root = Path(root)
         self.dataset, self.detector = dataset, detector

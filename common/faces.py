@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from common.errors import UserError
+from common.recipes import DEFAULTS
 
 DETECTORS = ("yunet", "haar", "none")
-DEFAULT_DETECTOR = "yunet"
 BOX_SCALE = 1.3  # the crop is this much larger than the detected face, around its centre
 YUNET_SCORE = 0.6  # YuNet's confidence threshold
 Box = tuple[int, int, int, int]
@@ -185,7 +185,7 @@ class NoDetector:
         return [(0.0, 0.0, float(w), float(h), 1.0)]
 
 
-def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | os.PathLike | None = None,
+def make_detector(name: str = DEFAULTS.face_detector, model_path: str | os.PathLike | None = None,
                   max_side: int = 640):
     """Detector by name: "yunet" (model resolved by resolve_yunet_model), "haar" or "none"."""
     if name == "haar":

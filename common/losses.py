@@ -22,7 +22,7 @@ class FocalLoss(nn.Module):
     the class weighting off. With gamma=0 and alpha=None this is plain cross-entropy.
     """
 
-    def __init__(self, alpha: float | None = 0.25, gamma: float = 2.0) -> None:
+    def __init__(self, alpha: float | None, gamma: float) -> None:
         super().__init__()
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"focal alpha must lie in [0, 1], got {alpha}")
@@ -65,14 +65,17 @@ def class_weights_from_counts(counts: Sequence[int] | torch.Tensor) -> torch.Ten
 
 
 def build_loss(kind: str, class_counts: Sequence[int] | torch.Tensor | None = None,
-               alpha: float | None = 0.25, gamma: float = 2.0) -> nn.Module:
-    """The loss module of a stage: "ce", "focal" (alpha, gamma) or "weighted_ce" (class_counts).
+               alpha: float | None = None, gamma: float | None = None) -> nn.Module:
+    """The loss module of a stage: "ce", "focal" (alpha, gamma: the recipe's) or "weighted_ce"
+    (class_counts).
 
     The module keeps its class weights as a buffer, so `.to(device)` moves them with it.
     """
     if kind == "ce":
         return nn.CrossEntropyLoss()
     if kind == "focal":
+        if gamma is None:
+            raise ValueError("focal loss needs gamma (the recipe's focal_gamma)")
         return FocalLoss(alpha=alpha, gamma=gamma)
     if kind == "weighted_ce":
         if class_counts is None:

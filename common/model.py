@@ -18,7 +18,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from common.errors import UserError
-from common.recipes import MODEL_NAMES
+from common.recipes import DEFAULTS, MODEL_NAMES
 from common.preprocess import normalisation_constants, normalize_pixels
 from common.specialists import SPECIALISTS
 
@@ -169,7 +169,7 @@ class StudentModel(nn.Module):
 
 
 def build_student(name: str, backbone: str = "efficientnet_b4", pretrained: str = "imagenet",
-                  clip_len: int = 8, dropout: float = 0.3) -> StudentModel:
+                  clip_len: int = DEFAULTS.clip_len, dropout: float = DEFAULTS.head_dropout) -> StudentModel:
     """Build a student for specialist `name` (one of MODEL_NAMES).
 
     pretrained: "imagenet" (torchvision weights; a failed download is a UserError, never a

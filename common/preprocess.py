@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms import v2
 
 from common.errors import UserError
+from common.recipes import DEFAULTS, PREPROCESSING
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +25,8 @@ def _check_image(img: np.ndarray) -> None:
         raise ValueError(f"expected a uint8 HxWx3 RGB image, got {got}")
 
 
-def clahe(img: np.ndarray, clip_limit: float = 2.0, tile: int = 8) -> np.ndarray:
+def clahe(img: np.ndarray, clip_limit: float = PREPROCESSING.clahe_clip_limit,
+          tile: int = PREPROCESSING.clahe_tile) -> np.ndarray:
     """Contrast-limited histogram equalisation of the lightness (L of LAB) of an RGB image.
 
     Equalising only L raises local contrast without shifting the colours.
@@ -36,7 +38,9 @@ def clahe(img: np.ndarray, clip_limit: float = 2.0, tile: int = 8) -> np.ndarray
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-def bilateral(img: np.ndarray, d: int = 5, sigma_color: float = 50.0, sigma_space: float = 50.0) -> np.ndarray:
+def bilateral(img: np.ndarray, d: int = PREPROCESSING.bilateral_diameter,
+              sigma_color: float = PREPROCESSING.bilateral_sigma_color,
+              sigma_space: float = PREPROCESSING.bilateral_sigma_space) -> np.ndarray:
     """Edge-preserving smoothing: removes sensor/compression noise but keeps face contours."""
     _check_image(img)
     return cv2.bilateralFilter(np.ascontiguousarray(img), d, sigma_color, sigma_space)
@@ -79,7 +83,8 @@ class ClipTransform:
     common.augment, in training) normalises on its own device (StudentModel.forward accepts both).
     """
 
-    def __init__(self, image_size: int = 224, preprocessing: str = "none", normalize: bool = True) -> None:
+    def __init__(self, image_size: int = DEFAULTS.image_size, preprocessing: str = "none",
+                 normalize: bool = True) -> None:
         if preprocessing not in PREPROCESSING_MODES:
             raise UserError(
                 f"unknown preprocessing {preprocessing!r}; expected one of {', '.join(PREPROCESSING_MODES)}")

@@ -14,6 +14,37 @@ DFDC_CHUNK_ORDER = (9, 8, 3, 5, 7, 2, 6, 4, 1, 0)  # most to least balanced part
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """The shared defaults of every command (stage scripts, extraction, ensemble, evaluate)."""
+    image_size: int = 224            # face crop side, pixels
+    frames_per_video: int = 32       # sample points per video
+    clip_len: int = 8                # consecutive frames per sample point (TM/AV clips)
+    batch_size: int = 32             # per GPU
+    workers: int = 8                 # DataLoader workers per GPU
+    seed: int = 42
+    backbone: str = "efficientnet_b4"
+    face_detector: str = "yunet"
+    head_dropout: float = 0.3        # the student's MLP head
+
+
+DEFAULTS = Defaults()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The deterministic filters of the CLAHE / CLAHE + bilateral preprocessing (applied once,
+    at extraction: common.preprocess)."""
+    clahe_clip_limit: float = 2.0
+    clahe_tile: int = 8              # tiles per side
+    bilateral_diameter: int = 5
+    bilateral_sigma_color: float = 50.0
+    bilateral_sigma_space: float = 50.0
+
+
+PREPROCESSING = Preprocessing()
+
+
+@dataclass(frozen=True)
 class AugmentLevel:
     """The random transforms of one augmentation level, drawn once per clip (common.augment).
 
@@ -54,6 +85,10 @@ class StageRecipe:
     chunks: tuple[int, ...] | None = None
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
+    lr_floor: float = 0.01           # the cosine ends at lr * lr_floor
+    grad_clip: float = 1.0           # max global gradient norm
+    focal_alpha: float = 0.25        # focal loss only: weight of the FAKE class (REAL gets 1 - alpha)
+    focal_gamma: float = 2.0         # focal loss only: focusing exponent
     # AV only: factor on `lr` for the audio branch and the audio-visual fusion layers
     # (model.AV_AUDIO_FUSION). Stages 1-2 carry no audio, so stage 4 is their first real signal.
     av_audio_lr_multiplier: float = 1.0

@@ -248,7 +248,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
     opt, sched = make_optimizer(model, cfg.lr or recipe.lr, recipe.weight_decay, sum(per_phase_steps),
-                                recipe.warmup_fraction, lr_multipliers(cfg.model, recipe))
+                                recipe.warmup_fraction, recipe.lr_floor, lr_multipliers(cfg.model, recipe))
     precision = make_precision(device, cfg.amp)
     state = {"phase": 0, "batches_done": 0, "best_auc": -math.inf, "history": [],
              "skipped": sorted(missing_rels(val_records, cache))}
@@ -299,7 +299,8 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
             write_skipped(skipped_file, state["skipped"], dist_info, cache)
             sd.check_bad_fraction(train_set, len(train_records), cfg.max_bad_fraction, "train", skipped_file)
             counts = np.bincount(train_set.labels, minlength=2).tolist()
-            loss_fn = build_loss(recipe.loss, class_counts=counts).to(device)  # class weights too
+            loss_fn = build_loss(recipe.loss, class_counts=counts, alpha=recipe.focal_alpha,
+                                 gamma=recipe.focal_gamma).to(device)  # class weights too
             loader, sampler = sd.train_loader(train_set, cfg, recipe, dist_info, device)
         epoch_index = state["phase"]
         sampler.set_epoch(epoch_index, skip=state["batches_done"] * cfg.batch_size)
@@ -317,7 +318,8 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
                 save(dist_info, checkpoint("last"), paths.last)
                 last_save = time.monotonic()
 
-        stats = train_one_epoch(net, loader, loss_fn, opt, sched, precision, augment=augment, progress=bar,
+        stats = train_one_epoch(net, loader, loss_fn, opt, sched, precision, augment=augment,
+                                grad_clip=recipe.grad_clip, progress=bar,
                                 on_step=on_step, stop_requested=stop)
         bar.close()
         if dist_info.enabled:  # the epoch's loss over every rank's samples, not rank 0's alone

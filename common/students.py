@@ -31,7 +31,7 @@ from common.face_cache import FaceCache
 from common.metrics import softmax_fake, video_scores
 from common.model import CLIP_MODELS, MODEL_NAMES, StudentModel, student_from_options
 from common.preprocess import ClipTransform
-from common.recipes import RECIPES
+from common.recipes import DEFAULTS, RECIPES
 from common.samples import FaceSamples
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
@@ -44,10 +44,10 @@ EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit
 @dataclass(frozen=True)
 class Settings:
     """What the face cache and the transforms need; the same at fit and at predict time."""
-    image_size: int = 224
-    frames_per_video: int = 32
-    clip_len: int = 8         # frames per cached run: the longest clip any student reads
-    detector: str = "yunet"
+    image_size: int = DEFAULTS.image_size
+    frames_per_video: int = DEFAULTS.frames_per_video
+    clip_len: int = DEFAULTS.clip_len  # frames per cached run: the longest clip any student reads
+    detector: str = DEFAULTS.face_detector
     face_model: str | None = None
 
 

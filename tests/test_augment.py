@@ -200,7 +200,7 @@ def test_training_loop_augments_each_batch_with_its_seeds():
                {"frames": torch.zeros(2, 1, 3, 4, 4, dtype=torch.uint8), "label": torch.tensor([1, 0]),
                 "seed": torch.tensor([13, 14])}]
     model = Probe()
-    opt, sched = make_optimizer(model, 1e-3, 0.0, 2, 0.1)
+    opt, sched = make_optimizer(model, 1e-3, 0.0, 2, 0.1, 0.01)
     stats = train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), opt, sched,
                             make_precision(torch.device("cpu"), amp=False), augment=augment)
     assert stats["steps"] == 2

@@ -15,10 +15,11 @@ import pytest
 
 from common.datasets import VideoRecord
 from common.errors import UserError
+from common.extract import main
 from common.extraction import WorkerDiedError, build_face_cache, video_crops
 from common.face_cache import FaceCache, shard_of, video_key
 from common.faces import (NoDetector, YuNetDetector, crop_box, fill_near, is_flat, largest_face,
-                          main, make_detector, square_box)
+                          make_detector, square_box)
 from common.sample_data import face_video, make_celebdf, mouth_envelope, speech_audio, write_mp4
 from common.video import count_frames
 from tests.test_video import write_mp4 as write_mp4_faststart

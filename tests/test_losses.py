@@ -41,7 +41,7 @@ def test_focal_by_hand():
 
 def test_focal_down_weights_easy_examples_and_has_gradients():
     logits = torch.tensor([[5.0, -5.0], [0.1, -0.1]], requires_grad=True)
-    per = [FocalLoss(alpha=None)(logits[i:i + 1], torch.tensor([0])) for i in range(2)]
+    per = [FocalLoss(alpha=None, gamma=2.0)(logits[i:i + 1], torch.tensor([0])) for i in range(2)]
     ce = [cross_entropy(logits[i:i + 1], torch.tensor([0])) for i in range(2)]
     assert per[0] / ce[0] < per[1] / ce[1]  # the confident one is shrunk far more
     sum(per).backward()
@@ -50,9 +50,9 @@ def test_focal_down_weights_easy_examples_and_has_gradients():
 
 def test_focal_rejects_bad_parameters():
     with pytest.raises(ValueError):
-        FocalLoss(alpha=1.5)
+        FocalLoss(alpha=1.5, gamma=2.0)
     with pytest.raises(ValueError):
-        FocalLoss(gamma=-1)
+        FocalLoss(alpha=0.25, gamma=-1)
 
 
 def test_class_weights_from_counts():

@@ -294,14 +294,14 @@ def test_av_audio_branch_gets_the_stage4_multiplier():
     av = build_student("av", backbone="mobilenet_v3_small", pretrained="none", clip_len=3)
     rec4, rec1 = RECIPES["stage4_dfdc"], RECIPES["stage1_faceforensics"]
     assert rec4.av_audio_lr_multiplier == 10.0 and rec1.av_audio_lr_multiplier == 1.0
-    opt, _ = make_optimizer(av, 1e-5, 0.05, 10, 0.0, lr_multipliers("av", rec4))
+    opt, _ = make_optimizer(av, 1e-5, 0.05, 10, 0.0, 0.01, lr_multipliers("av", rec4))
     lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}
     for name, p in av.named_parameters():
         want = 1e-4 if name.startswith(AV_AUDIO_FUSION) else 1e-5
         assert lr_of[id(p)] == pytest.approx(want), name
     assert sum(1 for n, _ in av.named_parameters() if n.startswith(AV_AUDIO_FUSION)) >= 8
     assert len(lr_of) == sum(1 for _ in av.parameters())      # every parameter is optimised once
-    opt1, _ = make_optimizer(av, 1e-5, 0.05, 10, 0.0, lr_multipliers("av", rec1))
+    opt1, _ = make_optimizer(av, 1e-5, 0.05, 10, 0.0, 0.01, lr_multipliers("av", rec1))
     assert len(opt1.param_groups) == 2                         # other stages: the plain two groups
     assert lr_multipliers("bg", rec4) == {}
 
@@ -335,7 +335,7 @@ def test_a_student_learns_a_separable_task():
     train = DataLoader(videos(32, 1), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
     val = DataLoader(videos(16, 2), batch_size=16)
     epochs = 8
-    opt, sched = make_optimizer(model, 1e-3, 0.0, epochs * len(train), 0.05)
+    opt, sched = make_optimizer(model, 1e-3, 0.0, epochs * len(train), 0.05, 0.01)
     precision = make_precision(torch.device("cpu"), amp=False)
     loss_fn = torch.nn.CrossEntropyLoss()
     losses = [train_one_epoch(model, train, loss_fn, opt, sched, precision)["loss"] for _ in range(epochs)]

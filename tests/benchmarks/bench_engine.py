@@ -26,14 +26,14 @@ from tests.benchmarks import _shared as S  # noqa: E402
 TARGET_OVERHEAD = 0.05
 
 
-def engine_loop(model, opt, sched, loss_fn, precision, batches) -> dict:
+def engine_loop(model, opt, sched, loss_fn, precision, batches, grad_clip: float | None = None) -> dict:
     from tqdm import tqdm
 
     from common.engine import train_one_epoch
 
     bar = tqdm(total=len(batches), file=io.StringIO(), mininterval=0)  # renders, to nowhere
     try:
-        return train_one_epoch(model, batches, loss_fn, opt, sched, precision, progress=bar,
+        return train_one_epoch(model, batches, loss_fn, opt, sched, precision, grad_clip=grad_clip, progress=bar,
                                on_step=lambda n: None, stop_requested=lambda: False)
     finally:
         bar.close()
@@ -71,7 +71,7 @@ def run(args) -> dict:
                                       clip_len=args.clip_len)
     total = args.steps * (args.rounds + 1)
     opt_e, sched_e = make_optimizer(model_e, recipe.lr, recipe.weight_decay, total,
-                                    recipe.warmup_fraction)
+                                    recipe.warmup_fraction, recipe.lr_floor)
     opt_h = torch.optim.AdamW(model_h.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     precision = make_precision(torch.device("cpu"), amp=True)  # AMP is a no-op on the CPU
     assert precision.dtype is None
@@ -92,7 +92,7 @@ def run(args) -> dict:
             opt_h.step()
 
     def engine(batches=batches):
-        return engine_loop(model_e, opt_e, sched_e, loss_fn, precision, batches)
+        return engine_loop(model_e, opt_e, sched_e, loss_fn, precision, batches, recipe.grad_clip)
 
     hand(batches[:1])  # warm-up: first-step allocations, optimiser state
     engine(batches[:1])

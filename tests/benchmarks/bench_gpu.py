@@ -101,11 +101,12 @@ class Trainer:
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         total = args.warmup + args.rounds * args.steps
         self.opt, self.sched = make_optimizer(model, recipe.lr, recipe.weight_decay, total,
-                                              recipe.warmup_fraction)
+                                              recipe.warmup_fraction, recipe.lr_floor)
         self.precision = make_precision(device, amp)
         self.loss = build_loss(recipe.loss).to(device)
         self.augment = augmenter_for(recipe.augmentation)
         self.device = device
+        self.grad_clip = recipe.grad_clip
 
     def run(self, batches: list[dict]) -> float:
         """Seconds for these batches, the device drained before and after."""
@@ -114,7 +115,7 @@ class Trainer:
         sync(self.device)
         t0 = time.perf_counter()
         train_one_epoch(self.net, batches, self.loss, self.opt, self.sched, self.precision,
-                        augment=self.augment)
+                        augment=self.augment, grad_clip=self.grad_clip)
         sync(self.device)
         return time.perf_counter() - t0
 

@@ -59,7 +59,8 @@ def child_train(args, n: int) -> dict:
     tracemalloc.stop()
     sampler = EpochSampler(ds.labels, seed=0)
     loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=0)
-    opt, sched = make_optimizer(model, recipe.lr, recipe.weight_decay, len(loader), 0.05)
+    opt, sched = make_optimizer(model, recipe.lr, recipe.weight_decay, len(loader), recipe.warmup_fraction,
+                                recipe.lr_floor)
     loss_fn = build_loss("weighted_ce", class_counts=np.bincount(ds.labels, minlength=2).tolist())
     stats = train_one_epoch(model, loader, loss_fn, opt, sched,
                             make_precision(torch.device("cpu"), amp=False),
