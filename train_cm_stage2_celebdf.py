@@ -1,8 +1,10 @@
 """CM student (compression artifacts), stage 2: Celeb-DF v2.
 
-Specialist: DCT coefficients on 8x8 blocks, quantization artifacts 4x4/2, block boundaries 3x3, compression level 5x5 -> 40 x 7 x 7.
-Recipe (defined once in common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25, gamma 2.0), moderate augmentation
-(rotation 10, jitter 0.2), CLAHE. Starts from cm_stage1_faceforensics.pt.
+Specialist: DCT coefficients on 8x8 blocks, quantization artifacts 4x4/2, block boundaries 3x3,
+compression level 5x5 -> 40 x 7 x 7.
+Recipe (common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25 on FAKE, gamma 2), moderate
+augmentation (rotation 10°, jitter 0.2, flip), CLAHE.
+Starts from cm_stage1_faceforensics.pt, which must be a finished stage (or --init PATH).
 The official test list is evaluated once at the end, as a report only.
 
     python train_cm_stage2_celebdf.py --data /data/celeb-df-v2

@@ -1,8 +1,10 @@
 """RR student (resolution and upscaling), stage 2: Celeb-DF v2.
 
-Specialist: multi-scale pyramid, upscaling residual, edge sharpness (Sobel), pixel interpolation -> 36 x 7 x 7.
-Recipe (defined once in common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25, gamma 2.0), moderate augmentation
-(rotation 10, jitter 0.2), CLAHE. Starts from rr_stage1_faceforensics.pt.
+Specialist: multi-scale pyramid, upscaling residual, edge sharpness (Sobel), pixel interpolation ->
+36 x 7 x 7.
+Recipe (common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25 on FAKE, gamma 2), moderate
+augmentation (rotation 10°, jitter 0.2, flip), CLAHE.
+Starts from rr_stage1_faceforensics.pt, which must be a finished stage (or --init PATH).
 The official test list is evaluated once at the end, as a report only.
 
     python train_rr_stage2_celebdf.py --data /data/celeb-df-v2

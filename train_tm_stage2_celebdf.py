@@ -1,8 +1,10 @@
 """TM student (temporal consistency), stage 2: Celeb-DF v2.
 
-Specialist: frame consistency, motion flow, temporal artifacts, flow validator -> 52 x 7 x 7; input: a clip of consecutive face crops.
-Recipe (defined once in common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25, gamma 2.0), moderate augmentation
-(rotation 10, jitter 0.2), CLAHE. Starts from tm_stage1_faceforensics.pt.
+Specialist: frame consistency, motion flow, temporal artifacts, flow validator -> 52 x 7 x 7; input:
+a clip of consecutive face crops.
+Recipe (common/recipes.py): lr 5e-5, 5 epochs, focal loss (alpha 0.25 on FAKE, gamma 2), moderate
+augmentation (rotation 10°, jitter 0.2, flip), CLAHE.
+Starts from tm_stage1_faceforensics.pt, which must be a finished stage (or --init PATH).
 The official test list is evaluated once at the end, as a report only.
 
     python train_tm_stage2_celebdf.py --data /data/celeb-df-v2

@@ -123,3 +123,39 @@ FINAL_STAGE = "stage4_dfdc"
 
 def script_name(model: str, stage: str) -> str:
     return f"train_{model}_{stage}.py"
+
+
+_LOSS_WORDS = {"ce": "cross-entropy", "focal": "focal loss", "weighted_ce": "cross-entropy weighted by each chunk's label counts"}
+_PREPROCESSING_WORDS = {"none": "no preprocessing", "clahe": "CLAHE", "clahe_bilateral": "CLAHE + bilateral filter"}
+
+
+def _augmentation_words(name: str) -> str:
+    level = AUGMENTATION_LEVELS[name]
+    parts = [f"rotation {level.rotation_deg:g}°", f"jitter {level.jitter:g}"]
+    if level.p_perspective:
+        parts.append(f"perspective {level.perspective:g} (p {level.p_perspective:g})")
+    if level.p_blur:
+        parts.append(f"blur (p {level.p_blur:g})")
+    if level.p_flip:
+        parts.append("flip")
+    return f"{name} augmentation ({', '.join(parts)})"
+
+
+def _lr_words(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")  # 1e-4, 5e-5
+
+
+def recipe_summary(model: str, stage: str) -> str:
+    """One sentence of a model's stage recipe, from the numbers above; the stage scripts'
+    docstrings carry it verbatim (tests/test_cli.py checks that they still do)."""
+    r = RECIPES[stage]
+    epochs = f"{r.epochs} epochs" + (f" per chunk over parts {','.join(map(str, r.chunks))}" if r.chunks else "")
+    loss = _LOSS_WORDS[r.loss]
+    if r.loss == "focal":
+        loss += f" (alpha {r.focal_alpha:g} on FAKE, gamma {r.focal_gamma:g})"
+    if r.balanced_sampler:
+        loss += " with a class-balanced sampler"
+    audio = (f" (audio branch and fusion {r.av_audio_lr_multiplier:g}x)"
+             if model == "av" and r.av_audio_lr_multiplier != 1 else "")
+    return (f"Recipe (common/recipes.py): lr {_lr_words(r.lr)}{audio}, {epochs}, {loss}, "
+            f"{_augmentation_words(r.augmentation)}, {_PREPROCESSING_WORDS[r.preprocessing]}.")

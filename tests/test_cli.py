@@ -1,4 +1,6 @@
-"""The stage scripts' command line: parsed before the training stack loads, every default shown."""
+"""The stage scripts' command line: parsed before the training stack loads, every default shown,
+the recipe in each script's docstring as the recipes table says."""
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import build_parser, parse_config
-from common.recipes import RECIPES
+from common.recipes import MODEL_NAMES, RECIPES, recipe_summary, script_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +64,26 @@ def test_bad_values_exit_2_naming_the_flag(flag, value, why, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert flag in err and why in err
+
+
+@pytest.mark.parametrize("stage", list(RECIPES))
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_script_docstrings_state_the_recipe_as_it_is(model, stage):
+    script = ROOT / script_name(model, stage)
+    doc = " ".join(ast.get_docstring(ast.parse(script.read_text())).split())
+    assert recipe_summary(model, stage) in doc, f"{script.name}: its docstring's recipe is stale"
+    tree = ast.parse(script.read_text())
+    consts = {n.targets[0].id: n.value.value for n in tree.body
+              if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)}
+    assert consts == {"MODEL": model, "STAGE": stage}
+
+
+def test_recipe_summary_follows_the_numbers(monkeypatch):
+    import dataclasses
+
+    import common.recipes as recipes
+
+    changed = dataclasses.replace(RECIPES["stage2_celebdf"], lr=3e-5, focal_gamma=1.5)
+    monkeypatch.setitem(recipes.RECIPES, "stage2_celebdf", changed)
+    text = recipe_summary("cm", "stage2_celebdf")
+    assert "lr 3e-5," in text and "gamma 1.5" in text
