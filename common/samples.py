@@ -143,7 +143,8 @@ class EpochSampler(Sampler):
     def order(self) -> torch.Tensor:
         n = len(self.labels)
         total = self.per_rank * self.world
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        # Any --seed works: the generator takes 64 bits, so the mix is folded into them.
+        g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63)
         if self.balanced and n:
             counts = torch.bincount(self.labels, minlength=2).clamp(min=1).double()
             weights = 1.0 / counts[self.labels]

@@ -211,7 +211,7 @@ def failed(cfg, paths, dist_info, why: str) -> TrainingFailed:
 
 
 def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed % 2**63)
     flags = run_flags(cfg)  # as given: clip_len may be inherited from the start checkpoint below
     start, ckpt, ckpt_path = resolve_start(cfg, recipe, paths)  # fail fast, before any data work
     if dist_info.main:

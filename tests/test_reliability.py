@@ -718,3 +718,9 @@ def test_cache_write_error_is_not_a_bad_video_in_the_builder(ff, tmp_path, monke
     with pytest.raises(CacheWriteError, match="Read-only file system"):
         build_face_cache(records, cache, progress=False)
     assert not list(cache.dir.glob("*.json"))
+
+
+def test_a_huge_seed_trains(ff, straight, tmp_path):
+    seed = str(2**70 + 5)
+    assert run_stage(MODEL, STAGE, stage_args(ff, tmp_path, "--seed", seed, cache=straight / "cache")) == 0
+    assert load_checkpoint(paths_of(tmp_path).best, MODEL)["config"]["seed"] == seed

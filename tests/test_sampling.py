@@ -75,3 +75,12 @@ def test_missing_chunk_is_an_error_or_a_warning(caplog):
         check_chunks([9, 3], available=[9, 8], skip_missing=False)
     assert check_chunks([9, 3], available=[9, 8], skip_missing=True) == [9]
     assert "dfdc_train_part_3" in caplog.text
+
+
+@pytest.mark.parametrize("seed", [1125899906842624, 2**70 + 5])
+def test_a_huge_seed_gives_an_order_and_augmentation_seeds(seed):
+    labels = [0, 1, 0, 1, 1, 0]
+    big = list(EpochSampler(labels, seed=seed))
+    small = list(EpochSampler(labels, seed=42))
+    assert len(big) == len(small) == 6 and sorted(i for i, _ in big) == sorted(range(6))
+    assert all(0 <= s < 2**63 for _, s in big) and big != small
