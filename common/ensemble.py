@@ -44,6 +44,7 @@ from common.preprocess import ClipTransform
 from common.recipes import RECIPES
 from common.samples import FaceSamples
 from common.video import BadVideoError, probe
+from common.views import recorded_view
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
 STUDENT_SUFFIX = "_model_student.pt"
@@ -179,7 +180,7 @@ def score_videos(student: Student, records: Sequence, cache: FaceCache, settings
     # uint8 out of the loader: StudentModel normalises itself, and it is the external contract.
     transform = ClipTransform(settings.image_size, preprocessing=student.preprocessing, normalize=False)
     samples = FaceSamples(records, cache, clip_len=student.clip_len, transform=transform,
-                          with_audio=student.with_audio)
+                          with_audio=student.with_audio, view=recorded_view(student.checkpoint))
     loader = DataLoader(samples, batch_size=batch_size, num_workers=workers,
                         pin_memory=device.type == "cuda")
     model = student.model.to(device)
@@ -308,7 +309,8 @@ def format_result(res: dict) -> str:
 def warn_face_settings(students: dict[str, Student], used: dict) -> None:
     """Crops must come from the settings the students were validated with (checkpoint key
     "faces"); say so when they do not, since scores would then drift from the metrics."""
-    keys = ("detector", "max_side", "score_threshold", "box_scale", "max_gap_s", "min_usable")
+    keys = ("detector", "max_side", "score_threshold", "box_scale", "max_gap_s", "min_usable",
+            "context_scale", "native_grid")
     for name, st in students.items():
         rec = st.checkpoint.get("faces") or {}
         diff = [k for k in keys if k in rec and rec[k] != used.get(k)]

@@ -1,7 +1,8 @@
 """Face extraction: sampling, detection, cropping and the worker pool.
 
 One face path for everything: training, validation and `common.ensemble predict` all get
-a video's crops from `video_crops` (through `extract_video`), with the settings recorded
+a video's crops from `video_views` (through `extract_video`; every view of common/views.py
+from one decode and one set of face boxes), with the settings recorded
 in the cache entry and in the checkpoint. Every video is detected on its own frames, fakes
 included. A sample point without a face of its own borrows the box of the nearest point
 with one only when that point is at most MAX_GAP_S away; otherwise it is dropped. A video
@@ -31,6 +32,7 @@ from common.faces import (BOX_SCALE, YUNET_SCORE, crop_box, detect_size, fill_ne
                           largest_face, make_detector, square_box)
 from common.video import BadVideoError, RegionConverter, count_frames, iter_decoded, luma, probe, \
     sample_points
+from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view, context_box, native_box
 
 MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
 MIN_USABLE = 0.5       # share of sample points that must show a face
@@ -45,16 +47,20 @@ def face_settings(detector) -> dict:
     """What decides a crop beyond the cache key: recorded in every entry and checkpoint."""
     return {"detector": detector.name, "max_side": getattr(detector, "max_side", None),
             "score_threshold": getattr(detector, "score_threshold", None),
-            "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE}
+            "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE,
+            "context_scale": CONTEXT_SCALE, "native_grid": GRID}
 
 
-def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640) -> dict:
-    """face_settings() without loading a detector: the checkpoint's "faces" record."""
+def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640,
+                           view: str = "face") -> dict:
+    """face_settings() without loading a detector, plus the view the model was trained on:
+    the checkpoint's "faces" record (predict serves each student the view recorded here)."""
     return {"detector": detector, "face_model": None if face_model in (None, "None") else str(face_model),
             "max_side": max_side if detector != "none" else None,
             "score_threshold": YUNET_SCORE if detector == "yunet" else None,
             "box_scale": 1.0 if detector == "none" else BOX_SCALE, "max_gap_s": MAX_GAP_S,
-            "min_usable": MIN_USABLE}
+            "min_usable": MIN_USABLE, "context_scale": CONTEXT_SCALE, "native_grid": GRID,
+            "view": check_view(view)}
 
 
 # ----------------------------------------------------------------------------- one video
@@ -86,6 +92,33 @@ class _Cropper:
                 frame.to_ndarray(format="rgb24") if image is None else image))
         return None if face is None else square_box(face, self.detector.box_scale)
 
+    def view_boxes(self, frame, box, views: Sequence[str]) -> dict[str, tuple]:
+        """The box each view cuts from this frame, given the face box (views.py)."""
+        out: dict[str, tuple] = {}
+        for view in views:
+            if view == "face":
+                out[view] = tuple(box[:4])
+            elif view == "context":
+                out[view] = context_box(box, self.detector.box_scale, frame.width, frame.height)
+            else:
+                out[view] = native_box(box, self.size, frame.width, frame.height)
+        return out
+
+    def crop_views(self, frame, boxes: dict[str, tuple]) -> dict[str, np.ndarray]:
+        return {view: self.native(frame, b) if view == "native" else self.crop(frame, b)
+                for view, b in boxes.items()}
+
+    def native(self, frame, box) -> np.ndarray:
+        """The frame's own pixels (no resampling); black where the patch passes the frame."""
+        x0, y0, x1, y1 = box
+        sx1, sy1 = min(x1, frame.width), min(y1, frame.height)
+        part = self.regions.rgb(frame, x0, y0, sx1, sy1)
+        if part.shape[:2] == (self.size, self.size):
+            return part
+        out = np.zeros((self.size, self.size, 3), np.uint8)
+        out[:part.shape[0], :part.shape[1]] = part
+        return out
+
     def crop(self, frame, box) -> np.ndarray:
         x0, y0, x1, y1 = (int(v) for v in box[:4])
         sx0, sy0 = max(x0, 0), max(y0, 0)
@@ -100,20 +133,28 @@ class _Cropper:
         return crop_box(part, (x0 - sx0, y0 - sy0, x1 - sx0, y1 - sy0), self.size)
 
 
-def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, detector):
+def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, detector,
+                     views: Sequence[str] = ("face",)):
     """One streaming pass: the box of run i is detected on its centre frame; frames are cropped
-    as soon as their box is known. Runs without a face of their own are re-read at the end
-    with a box from MAX_GAP_S or nearer, else dropped. -> (crops [N,...], boxes, detected,
-    frame indices that did not decode)."""
+    (every view, from the same decoded frame) as soon as their box is known. Runs without a
+    face of their own are re-read at the end with a box from MAX_GAP_S or nearer, else
+    dropped. -> ({view: crops [N,...]}, face boxes, {view: boxes}, detected, frame indices
+    that did not decode)."""
     n, t = len(runs), len(runs[0])
-    crops = np.zeros((n, t, size, size, 3), dtype=np.uint8)
+    crops = {v: np.zeros((n, t, size, size, 3), dtype=np.uint8) for v in views}
     boxes: list = [None] * n
+    cut: list = [None] * n  # run i's box per view
     tried = [False] * n
     cropper = _Cropper(detector, size)
     where: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for i, run in enumerate(runs):
         for j, idx in enumerate(run):
             where[idx].append((i, j))
+
+    def put(i: int, j: int, frame) -> None:
+        for view, crop in cropper.crop_views(frame, cut[i]).items():
+            crops[view][i, j] = crop
+
     waiting: dict[int, dict[int, Any]] = defaultdict(dict)  # frames before the centre
     seen: set[int] = set()
     for idx, frame in iter_decoded(path, where.keys()):
@@ -126,17 +167,19 @@ def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, de
                     centre = cropper.crop(frame, box)
                     box = None if is_flat(centre) else box  # a uniform patch is not a face
                 boxes[i] = box
+                if box is not None:
+                    cut[i] = cropper.view_boxes(frame, box, views)
                 for jj, f in waiting.pop(i, {}).items():
                     if box is not None:
-                        crops[i, jj] = cropper.crop(f, box)
+                        put(i, jj, f)
             if boxes[i] is not None:
-                crops[i, j] = cropper.crop(frame, boxes[i])
+                put(i, j, frame)
             elif not tried[i]:
                 waiting[i][j] = frame
     missing = set(where) - seen
     detected = [b is not None for b in boxes]
     if missing:
-        return crops, boxes, detected, missing
+        return crops, boxes, cut, detected, missing
     filled = fill_near(boxes, [run[t // 2] / max(fps, 1e-6) for run in runs], MAX_GAP_S)
     redo = [i for i in range(n) if boxes[i] is None and filled[i] is not None]
     if redo:
@@ -144,21 +187,26 @@ def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, de
         for idx, frame in iter_decoded(path, todo):
             for i, j in where[idx]:
                 if i in redo:
-                    crops[i, j] = cropper.crop(frame, filled[i])
-    return crops, filled, detected, set()
+                    if cut[i] is None:
+                        cut[i] = cropper.view_boxes(frame, filled[i], views)
+                    put(i, j, frame)
+    return crops, filled, cut, detected, set()
 
 
-def video_crops(path: str, frames_per_video: int, clip_len: int, crop_size: int,
-                detector, info=None) -> tuple[np.ndarray, dict]:
-    """Crops of one video through the one face path -> (uint8 [K, T, S, S, 3], face meta).
+def video_views(path: str, frames_per_video: int, clip_len: int, crop_size: int,
+                detector, info=None, views: Sequence[str] = STORED_VIEWS) -> tuple[dict, dict]:
+    """Every asked-for view of one video through the one face path -> ({view: uint8
+    [K, T, S, S, 3]}, face meta). The views share the decode and the face boxes.
 
     K <= frames_per_video: the sample points that show a face (K >= half of them, else
     NoFaceError with reason few_faces, or no_face when none does). Raises BadVideoError."""
+    views = tuple(check_view(v) for v in views)
     info = info or probe(path)
     n_frames = info.n_frames
     for attempt in range(2):
         runs = sample_points(n_frames, frames_per_video, clip_len)
-        crops, boxes, detected, missing = _detect_and_crop(path, runs, info.fps, crop_size, detector)
+        crops, boxes, cut, detected, missing = _detect_and_crop(path, runs, info.fps, crop_size,
+                                                                detector, views)
         if not missing:
             break
         # The header promised more frames than decode (truncated or lying container).
@@ -176,8 +224,17 @@ def video_crops(path: str, frames_per_video: int, clip_len: int, crop_size: int,
             "boxes": [[int(v) for v in boxes[i]] for i in kept],
             "detected": [bool(detected[i]) for i in kept], "points": len(runs), "kept": kept,
             "fps": info.fps, "n_frames": int(n_frames), "width": info.width,
-            "height": info.height, "duration_s": info.duration_s, "faces": face_settings(detector)}
-    return np.ascontiguousarray(crops[kept]), meta
+            "height": info.height, "duration_s": info.duration_s, "faces": face_settings(detector),
+            "views": list(views),
+            "view_boxes": {v: [[int(x) for x in cut[i][v]] for i in kept] for v in views}}
+    return {v: np.ascontiguousarray(crops[v][kept]) for v in views}, meta
+
+
+def video_crops(path: str, frames_per_video: int, clip_len: int, crop_size: int,
+                detector, info=None, view: str = "face") -> tuple[np.ndarray, dict]:
+    """One view of one video (video_views) -> (uint8 [K, T, S, S, 3], face meta)."""
+    crops, meta = video_views(path, frames_per_video, clip_len, crop_size, detector, info, (view,))
+    return crops[view], meta
 
 
 def _audio(record: Any, info, decode_audio: bool) -> tuple[dict, np.ndarray | None]:
@@ -201,19 +258,19 @@ def _audio(record: Any, info, decode_audio: bool) -> tuple[dict, np.ndarray | No
 
 def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = True,
                   source_meta: dict | None = None) -> dict:
-    """Crop (video_crops), preprocess, decode the audio and write one video's entry; returns
-    its meta. Raises BadVideoError or NoFaceError. (source_meta is ignored: fakes are
+    """Crop every view the cache stores (video_views), preprocess, decode the audio and write
+    one video's entry; returns its meta. Raises BadVideoError or NoFaceError. (source_meta is ignored: fakes are
     detected on their own frames; the parameter stays for old callers.)"""
     t0 = time.perf_counter()
     info = probe(record.path)
-    crops, face_meta = video_crops(record.path, cache.frames_per_video, cache.clip_len,
-                                   cache.crop_size, detector, info)
+    crops, face_meta = video_views(record.path, cache.frames_per_video, cache.clip_len,
+                                   cache.crop_size, detector, info, cache.views)
     audio, mel = _audio(record, info, decode_audio)
     if cache.preprocessing != "none":
         from common.preprocess import apply_preprocessing  # torch-free workers unless needed
 
-        crops = apply_preprocessing(crops.reshape(-1, *crops.shape[2:]),
-                                    cache.preprocessing).reshape(crops.shape)
+        crops = {v: apply_preprocessing(c.reshape(-1, *c.shape[2:]), cache.preprocessing).reshape(c.shape)
+                 for v, c in crops.items()}
     p = cache.paths(record.rel)
     try:
         cache.dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +279,8 @@ def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = 
     except OSError as exc:
         raise CacheWriteError(f"cannot write the face cache in {cache.dir}: "
                               f"{exc.strerror or exc}") from exc
-    write_file(p["crops"], lambda f: np.save(f, crops))
+    for view, c in crops.items():
+        write_file(cache.view_path(record.rel, view), lambda f, c=c: np.save(f, c))
     if mel is not None:
         write_file(p["mel"], lambda f: np.save(f, mel))
     meta = {"version": CACHE_VERSION, "rel": record.rel, "label": int(record.label),
