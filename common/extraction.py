@@ -32,7 +32,7 @@ from common.faces import (BOX_SCALE, YUNET_SCORE, crop_box, detect_size, fill_ne
                           largest_face, make_detector, square_box)
 from common.video import BadVideoError, RegionConverter, count_frames, iter_decoded, luma, probe, \
     sample_points
-from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view, context_box, native_box
+from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view, context_box, native_box, run_length
 
 MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
 MIN_USABLE = 0.5       # share of sample points that must show a face
@@ -136,12 +136,14 @@ class _Cropper:
 def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, detector,
                      views: Sequence[str] = ("face",)):
     """One streaming pass: the box of run i is detected on its centre frame; frames are cropped
-    (every view, from the same decoded frame) as soon as their box is known. Runs without a
+    (every view, from the same decoded frame; a single-frame view only at the run's centre,
+    views.run_length) as soon as their box is known. Runs without a
     face of their own are re-read at the end with a box from MAX_GAP_S or nearer, else
     dropped. -> ({view: crops [N,...]}, face boxes, {view: boxes}, detected, frame indices
     that did not decode)."""
     n, t = len(runs), len(runs[0])
-    crops = {v: np.zeros((n, t, size, size, 3), dtype=np.uint8) for v in views}
+    whole = {v: run_length(v, t) == t for v in views}  # else the centre frame alone
+    crops = {v: np.zeros((n, t if whole[v] else 1, size, size, 3), dtype=np.uint8) for v in views}
     boxes: list = [None] * n
     cut: list = [None] * n  # run i's box per view
     tried = [False] * n
@@ -152,8 +154,9 @@ def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, de
             where[idx].append((i, j))
 
     def put(i: int, j: int, frame) -> None:
-        for view, crop in cropper.crop_views(frame, cut[i]).items():
-            crops[view][i, j] = crop
+        wanted = {v: b for v, b in cut[i].items() if whole[v] or j == t // 2}
+        for view, crop in cropper.crop_views(frame, wanted).items():
+            crops[view][i, j if whole[view] else 0] = crop
 
     waiting: dict[int, dict[int, Any]] = defaultdict(dict)  # frames before the centre
     seen: set[int] = set()
@@ -196,7 +199,8 @@ def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, de
 def video_views(path: str, frames_per_video: int, clip_len: int, crop_size: int,
                 detector, info=None, views: Sequence[str] = STORED_VIEWS) -> tuple[dict, dict]:
     """Every asked-for view of one video through the one face path -> ({view: uint8
-    [K, T, S, S, 3]}, face meta). The views share the decode and the face boxes.
+    [K, T or 1, S, S, 3]}, face meta). The views share the decode and the face boxes; a view
+    no clip model reads keeps each run's centre frame only (views.run_length).
 
     K <= frames_per_video: the sample points that show a face (K >= half of them, else
     NoFaceError with reason few_faces, or no_face when none does). Raises BadVideoError."""

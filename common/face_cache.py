@@ -4,7 +4,8 @@ Layout under <root>/<dataset>_s<crop>_n<N>_t<T>_<detector>[_<preprocessing>]/, p
 key (rel with "/" turned into "__", extension dropped):
   <key>.npy       uint8 [K, T, S, S, 3] RGB face-view crops, K <= N: one run of T consecutive
                   frames per sample point that shows a face (points without one are dropped)
-  <key>.<view>.npy  the same runs in another view (common/views.py: context, native); the
+  <key>.<view>.npy  the same points in another view (common/views.py: context, native), the
+                  run's centre frame only ([K, 1, S, S, 3]) unless a clip model reads it; the
                   entry's meta lists its views, and an entry lacking one the cache stores is
                   redone (the face crops of an older entry stay readable meanwhile)
   <key>.mel.npy   float32 [N_MELS, F] log-mel of the whole track (only when audio present)
@@ -34,7 +35,7 @@ import numpy as np
 
 from common.checkpoints import atomic_write
 from common.errors import UserError
-from common.views import STORED_VIEWS, check_view
+from common.views import STORED_VIEWS, check_view, run_length
 
 CACHE_VERSION = 2  # 2: own detections only, points without a face dropped (K <= N runs)
 AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
@@ -122,6 +123,10 @@ class FaceCache:
         out.update({f"crops_{v}": self.view_path(rel, v) for v in self.views if v != "face"})
         return out
 
+    def run_length(self, view: str = "face") -> int:
+        """Frames per sample point stored in a view: clip_len, or 1 (views.run_length)."""
+        return run_length(view, self.clip_len)
+
     def view_path(self, rel: str, view: str = "face") -> Path:
         """The .npy of one view: <key>.npy for face (the format before views), else <key>.<view>.npy."""
         k = video_key(rel)
@@ -164,7 +169,7 @@ class FaceCache:
             crops = np.load(self.view_path(rel, view), mmap_mode="r")
         except (OSError, ValueError):
             return None
-        ok = (crops.ndim == 5 and crops.shape[1:] == self.shape[1:]
+        ok = (crops.ndim == 5 and crops.shape[1:] == (self.run_length(view), *self.shape[2:])
               and 1 <= crops.shape[0] == len(meta.get("frame_indices", ())))
         return (crops, meta) if ok else None
 

@@ -82,7 +82,7 @@ class FaceSamples(Dataset):
         seek and read (a tenth of the cost of mapping the .npy for every sample); completeness
         and shape were checked once, at construction."""
         path = self.cache.view_path(rel, self.view)
-        t, s = self.cache.clip_len, self.cache.crop_size
+        t, s = self.cache.run_length(self.view), self.cache.crop_size
         start = (t - self.clip_len + 1) // 2 if self.clip_len > 1 else t // 2
         if self._offsets[v] is None:
             run = np.load(path, mmap_mode="r")[point]

@@ -16,13 +16,23 @@ from typing import Sequence
 
 import numpy as np
 
+from common.recipes import CLIP_MODELS
+
 VIEWS = ("face", "context", "native")
 MODEL_VIEWS: dict[str, str] = {"bg": "context", "av": "face", "cm": "native", "rr": "face", "tm": "face"}
 STORED_VIEWS = tuple(v for v in VIEWS if v in MODEL_VIEWS.values())  # what extraction writes
+# Views some clip model reads keep whole runs of clip_len frames; the others only the run's
+# centre frame, the one a single-frame model reads (a quarter of the disk of a full run at T 8).
+CLIP_VIEWS = tuple(v for v in VIEWS if any(MODEL_VIEWS[m] == v for m in CLIP_MODELS))
 CONTEXT_SCALE = 2.5   # context box side / the detected face's longer side (the face box is 1.3x)
 GRID = 8              # the codec's block size: a native patch starts on this grid of the frame
 
 Box = tuple[int, int, int, int]
+
+
+def run_length(view: str, clip_len: int) -> int:
+    """Frames per sample point a view stores: clip_len for a clip model's view, else 1."""
+    return clip_len if check_view(view) in CLIP_VIEWS else 1
 
 
 def view_of(model: str | None) -> str:

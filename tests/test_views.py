@@ -86,22 +86,25 @@ def test_views_come_from_one_decode_and_the_native_view_is_the_frames_own_pixels
     det = make_detector("haar")
     crops, meta = video_views(str(clip), 4, 3, S, det)
     assert set(crops) == set(STORED_VIEWS) and meta["views"] == list(STORED_VIEWS)
-    for view, c in crops.items():
-        assert c.shape == (len(meta["kept"]), 3, S, S, 3) and c.dtype == np.uint8, view
+    for view, c in crops.items():  # single-frame views keep each run's centre frame only
+        t = 3 if view == "face" else 1
+        assert c.shape == (len(meta["kept"]), t, S, S, 3) and c.dtype == np.uint8, view
     face_only, face_meta = video_crops(str(clip), 4, 3, S, det)
     assert np.array_equal(face_only, crops["face"]) and face_meta["boxes"] == meta["boxes"]
     k, j = len(meta["kept"]) - 1, 1
     frame = _decoded(clip, meta["frame_indices"][k][j])
     x0, y0, x1, y1 = meta["view_boxes"]["native"][k]
     assert x0 % GRID == 0 and y0 % GRID == 0 and (x1 - x0, y1 - y0) == (S, S)
-    assert np.array_equal(crops["native"][k, j], frame[y0:y1, x0:x1])  # not resampled, not moved
+    assert np.array_equal(crops["native"][k, 0], frame[y0:y1, x0:x1])  # not resampled, not moved
     cx0, cy0, cx1, cy1 = meta["view_boxes"]["context"][k]
     fx0, fy0, fx1, fy1 = meta["view_boxes"]["face"][k]
     assert cx1 - cx0 > fx1 - fx0 and 0 <= cx0 and cx1 <= 320 and 0 <= cy0 and cy1 <= 240
     import cv2
 
     expected = cv2.resize(frame[cy0:cy1, cx0:cx1], (S, S), interpolation=cv2.INTER_AREA)
-    assert np.abs(crops["context"][k, j].astype(int) - expected).mean() < 3.0
+    assert np.abs(crops["context"][k, 0].astype(int) - expected).mean() < 3.0
+    # the one frame a single-frame model reads is the same in every view: the run's centre
+    assert face_meta["frame_indices"][k][j] == meta["frame_indices"][k][1]
 
 
 def test_the_cache_keeps_the_views_side_by_side_and_redoes_an_entry_missing_one(clip, tmp_path):
@@ -113,7 +116,8 @@ def test_the_cache_keeps_the_views_side_by_side_and_redoes_an_entry_missing_one(
     assert cache.view_path(rec.rel, "native").name == "a__v.native.npy"
     native, _ = cache.entry(rec.rel, "native")
     face, _ = cache.entry(rec.rel, "face")
-    assert native.shape == face.shape and not np.array_equal(np.array(native), np.array(face))
+    assert native.shape == (face.shape[0], 1, S, S, 3) and face.shape[1] == 3
+    assert not np.array_equal(np.array(native[:, 0]), np.array(face[:, 1]))
     cache.view_path(rec.rel, "context").unlink()
     assert not cache.is_complete(rec.rel)  # build_face_cache will redo it
     assert cache.entry(rec.rel, "context") is None
@@ -126,7 +130,8 @@ def test_the_cache_keeps_the_views_side_by_side_and_redoes_an_entry_missing_one(
         ds = sd.samples_for([rec], cache, cfg, SimpleNamespace(), train=False)
         crops, _ = cache.entry(rec.rel, view)
         assert ds.view == view and len(ds) == crops.shape[0]
-        assert torch.equal(ds[0]["frames"], torch.from_numpy(np.array(crops[0, 1:2])).permute(0, 3, 1, 2))
+        centre = crops[0, 1:2] if view == "face" else crops[0, 0:1]
+        assert torch.equal(ds[0]["frames"], torch.from_numpy(np.array(centre)).permute(0, 3, 1, 2))
 
 
 def test_checkpoints_record_the_view_and_predict_reads_it():
@@ -189,3 +194,20 @@ def test_view_levels():
     assert view_level(lv, "face", 224) is lv
     assert sd.train_augmenter(SimpleNamespace(augmentation="minimal"), "cm", 224).level.rotation_deg == 0
     assert sd.train_augmenter(SimpleNamespace(augmentation="minimal"), "rr", 224).level.rotation_deg == 5.0
+
+
+# ----------------------------------------------------------------------------- the CM benchmark
+
+def test_cm_compression_benchmark_runs():
+    """tests/benchmarks/bench_views.py at its tiniest: two CRFs, both views, one seed. Whether
+    native is ahead is the full-size run's verdict (README), not a smoke test's."""
+    from tests.benchmarks import bench_views
+    from tests.test_benchmarks_smoke import check
+
+    res = bench_views.main(["--sources", "3", "--test-sources", "1", "--frames", "4", "--points", "2",
+                            "--steps", "1", "--batch-size", "4", "--seeds", "0", "--width", "160",
+                            "--height", "120"])
+    check(res, "views", ("native_video_auc", "face_video_auc", "native_frame_auc", "face_frame_auc",
+                         "native_minus_face_frame_auc"))
+    assert res["figures"]["held_out_videos"] == 2 and res["figures"]["train_videos"] == 4
+    assert len(res["runs"]["native"]) == len(res["runs"]["face"]) == 1
