@@ -211,3 +211,17 @@ def test_cm_compression_benchmark_runs():
                          "native_minus_face_frame_auc"))
     assert res["figures"]["held_out_videos"] == 2 and res["figures"]["train_videos"] == 4
     assert len(res["runs"]["native"]) == len(res["runs"]["face"]) == 1
+
+
+def test_evaluate_serves_each_student_the_view_its_checkpoint_records(clip, tmp_path):
+    from common.evaluate import student_samples
+
+    rec = VideoRecord(path=str(clip), rel="v.mp4", label=0, group="v", split="test", has_audio=False)
+    args = SimpleNamespace(cache_dir=tmp_path, workers=0, batch_size=4)
+    settings = SimpleNamespace(image_size=S, frames_per_video=4, clip_len=3, detector="haar", face_model=None)
+    for faces, view in (({"view": "native"}, "native"), ({"view": "context"}, "context"), ({}, "face")):
+        st = SimpleNamespace(name="cm", external=False, model=SimpleNamespace(options={"name": "cm"}),
+                             preprocessing="none", clip_len=1, checkpoint={"faces": faces})
+        samples, _ = student_samples(st, [rec], args, settings, "toy")
+        crops, _ = FaceCache(tmp_path, "toy", S, 4, 3, "haar").entry(rec.rel, view)
+        assert samples.view == view and len(samples) == crops.shape[0]

@@ -109,7 +109,7 @@ def train_and_score(crops: np.ndarray, labels: np.ndarray, train: np.ndarray, vi
     p = torch.softmax(logits.float(), 1)[:, 1].reshape(len(test), -1).numpy()
     return {"video_auc": binary_metrics(labels[test], p.mean(1))["auc"],
             "frame_auc": binary_metrics(np.repeat(labels[test], p.shape[1]), p.reshape(-1))["auc"],
-            "final_train_loss": float(loss)}
+            "final_train_loss": float(loss.detach())}
 
 
 def build_parser() -> argparse.ArgumentParser:
