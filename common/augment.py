@@ -90,8 +90,13 @@ class ClipAugmenter:
         dev = frames.device
         x = frames.float()  # pixel values 0..255 throughout
         x = _jitter(x, d.factors.to(dev, torch.float32), d.order.to(dev))
-        x = _warp(x.reshape(b, t * 3, h, w), _homographies(d, h, w).to(dev, torch.float32))
-        x = x.reshape(b, t, 3, h, w)
+        if self.level.rotation_deg == 0 and self.level.p_perspective == 0:
+            # No warp to draw (the native view): a flip is an exact column reversal, no resampling.
+            flip = d.flip.to(dev).view(-1, 1, 1, 1, 1)
+            x = torch.where(flip, x.flip(-1), x)
+        else:
+            x = _warp(x.reshape(b, t * 3, h, w), _homographies(d, h, w).to(dev, torch.float32))
+            x = x.reshape(b, t, 3, h, w)
         if bool((d.sigma > 0).any()):
             x = _blur(x, d.sigma, self.level.blur_kernel)
         if dev not in self._constants:
@@ -188,9 +193,32 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def augmenter_for(level: str) -> ClipAugmenter | None:
-    """The augmenter of a recipe's level, or None for "none" (frames go to the model as uint8)."""
+def view_level(level: AugmentLevel, view: str, width: int) -> AugmentLevel:
+    """A recipe's level as fits a view (common/views.py).
+
+    native: photometric only. Any rotation, perspective or blur moves or smooths the codec's
+      8x8 grid, which is what CM looks for; a flip keeps every grid line on a 16-px grid only
+      when the patch width is a multiple of 16 (the 4:2:0 chroma blocks are 16 px wide too),
+      so it is kept then and dropped otherwise. Brightness, contrast and saturation are
+      per-clip affine maps of each pixel: they scale a block edge, never move it.
+    context: the level as it is, minus the blur. The jitter is one global colour map for face
+      and background alike, so the face-to-scene mismatch in lighting and colour temperature
+      that BG looks for survives it; flips and small rotations change nothing about a scene's
+      light; a blur would wipe the background texture BG also reads.
+    face: the level as it is."""
+    from dataclasses import replace
+
+    if view == "native":
+        return replace(level, rotation_deg=0.0, perspective=0.0, p_perspective=0.0, p_blur=0.0,
+                       p_flip=level.p_flip if width % 16 == 0 else 0.0)
+    if view == "context":
+        return replace(level, p_blur=0.0)
+    return level
+
+
+def augmenter_for(level: str, view: str = "face", width: int = 224) -> ClipAugmenter | None:
+    """The augmenter of a recipe's level for a view of this width (view_level), or None for
+    "none" (frames go to the model as uint8)."""
     if level not in AUGMENTATION_LEVELS:
         raise ValueError(f"unknown augmentation level {level!r}")
-    return None if level == "none" else ClipAugmenter(level)
-
+    return None if level == "none" else ClipAugmenter(view_level(AUGMENTATION_LEVELS[level], view, width))

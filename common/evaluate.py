@@ -42,6 +42,7 @@ from common.metrics import binary_metrics, softmax_fake, video_scores
 from common.preprocess import ClipTransform
 from common.reports import roc_plot
 from common.samples import FaceSamples
+from common.views import recorded_view
 
 log = logging.getLogger("evaluate")
 FIGURES = (("frame AUC", "frame", "auc"), ("video AUC", "video", "auc"), ("AP", "video", "ap"),
@@ -113,7 +114,7 @@ def student_samples(st: Student, records: Sequence, args, settings, dataset: str
     sd.ensure_cached(records, cache, cfg, DistInfo(), f"{st.name} ({st.preprocessing})")
     if arch is not None:
         cfg.clip_len = st.clip_len
-        return sd.samples_for(records, cache, cfg, recipe, train=False), cfg
+        return sd.samples_for(records, cache, cfg, recipe, train=False, view=recorded_view(st.checkpoint)), cfg
     transform = ClipTransform(settings.image_size, preprocessing="none", normalize=False)
     return FaceSamples(records, cache, clip_len=st.clip_len, transform=transform, with_audio=False), cfg
 

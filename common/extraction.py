@@ -1,7 +1,8 @@
 """Face extraction: sampling, detection, cropping and the worker pool.
 
 One face path for everything: training, validation and `common.ensemble predict` all get
-a video's crops from `video_crops` (through `extract_video`), with the settings recorded
+a video's crops from `video_views` (through `extract_video`; every view of common/views.py
+from one decode and one set of face boxes), with the settings recorded
 in the cache entry and in the checkpoint. Every video is detected on its own frames, fakes
 included. A sample point without a face of its own borrows the box of the nearest point
 with one only when that point is at most MAX_GAP_S away; otherwise it is dropped. A video
@@ -16,20 +17,20 @@ import logging
 import os
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from common.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
+from common.crops import Cropper as _Cropper, detect_and_crop  # noqa: F401 (_Cropper: the benchmarks import it here)
 from common.errors import UserError
 from common.face_cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
                                file_stamp, shard_of, write_file, write_json)
-from common.faces import (BOX_SCALE, YUNET_SCORE, crop_box, detect_size, fill_near, is_flat,
-                          largest_face, make_detector, square_box)
-from common.video import BadVideoError, RegionConverter, count_frames, iter_decoded, luma, probe, \
-    sample_points
+from common.faces import BOX_SCALE, YUNET_SCORE, make_detector
+from common.video import BadVideoError, count_frames, probe, sample_points
+from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
 
 MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
 MIN_USABLE = 0.5       # share of sample points that must show a face
@@ -44,120 +45,39 @@ def face_settings(detector) -> dict:
     """What decides a crop beyond the cache key: recorded in every entry and checkpoint."""
     return {"detector": detector.name, "max_side": getattr(detector, "max_side", None),
             "score_threshold": getattr(detector, "score_threshold", None),
-            "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE}
+            "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE,
+            "context_scale": CONTEXT_SCALE, "native_grid": GRID}
 
 
-def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640) -> dict:
-    """face_settings() without loading a detector: the checkpoint's "faces" record."""
+def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640,
+                           view: str = "face") -> dict:
+    """face_settings() without loading a detector, plus the view the model was trained on:
+    the checkpoint's "faces" record (predict serves each student the view recorded here)."""
     return {"detector": detector, "face_model": None if face_model in (None, "None") else str(face_model),
             "max_side": max_side if detector != "none" else None,
             "score_threshold": YUNET_SCORE if detector == "yunet" else None,
             "box_scale": 1.0 if detector == "none" else BOX_SCALE, "max_gap_s": MAX_GAP_S,
-            "min_usable": MIN_USABLE}
+            "min_usable": MIN_USABLE, "context_scale": CONTEXT_SCALE, "native_grid": GRID,
+            "view": check_view(view)}
 
 
 # ----------------------------------------------------------------------------- one video
 
-class _Cropper:
-    """Face boxes and crops straight from decoded frames. Only what is kept is converted to
-    RGB: the crop's rectangle, not the whole frame. YuNet gets a BGR frame the decoder has
-    already shrunk (one swscale pass), Haar the luma plane as it is."""
-
-    def __init__(self, detector, size: int):
-        self.detector, self.size = detector, size
-        self.gray = getattr(detector, "takes_gray", False)
-        self.small = getattr(detector, "takes_bgr_small", False)
-        self.regions = RegionConverter()
-        if self.small:
-            from av.video.reformatter import VideoReformatter
-
-            self._shrink = VideoReformatter()
-
-    def box(self, frame):
-        if self.small:
-            w, h, scale = detect_size(frame.width, frame.height, self.detector.max_side)
-            bgr = self._shrink.reformat(frame, width=w, height=h, format="bgr24",
-                                        interpolation="AREA").to_ndarray()
-            face = largest_face(self.detector.detect_small(bgr, scale))
-        else:
-            image = luma(frame) if self.gray else None
-            face = largest_face(self.detector.detect(
-                frame.to_ndarray(format="rgb24") if image is None else image))
-        return None if face is None else square_box(face, self.detector.box_scale)
-
-    def crop(self, frame, box) -> np.ndarray:
-        x0, y0, x1, y1 = (int(v) for v in box[:4])
-        sx0, sy0 = max(x0, 0), max(y0, 0)
-        sx1, sy1 = min(x1, frame.width), min(y1, frame.height)
-        if (sx0, sy0, sx1, sy1) == (x0, y0, x1, y1):  # inside the frame: one swscale pass
-            out = self.regions.resized(frame, x0, y0, x1, y1, self.size, self.size)
-            if out is not None:
-                return out
-        if sx1 <= sx0 or sy1 <= sy0:  # box wholly outside the frame: black, like crop_box
-            return np.zeros((self.size, self.size, 3), np.uint8)
-        part = self.regions.rgb(frame, sx0, sy0, sx1, sy1)
-        return crop_box(part, (x0 - sx0, y0 - sy0, x1 - sx0, y1 - sy0), self.size)
-
-
-def _detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, detector):
-    """One streaming pass: the box of run i is detected on its centre frame; frames are cropped
-    as soon as their box is known. Runs without a face of their own are re-read at the end
-    with a box from MAX_GAP_S or nearer, else dropped. -> (crops [N,...], boxes, detected,
-    frame indices that did not decode)."""
-    n, t = len(runs), len(runs[0])
-    crops = np.zeros((n, t, size, size, 3), dtype=np.uint8)
-    boxes: list = [None] * n
-    tried = [False] * n
-    cropper = _Cropper(detector, size)
-    where: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for i, run in enumerate(runs):
-        for j, idx in enumerate(run):
-            where[idx].append((i, j))
-    waiting: dict[int, dict[int, Any]] = defaultdict(dict)  # frames before the centre
-    seen: set[int] = set()
-    for idx, frame in iter_decoded(path, where.keys()):
-        seen.add(idx)
-        for i, j in where[idx]:
-            if not tried[i] and idx == runs[i][t // 2]:
-                tried[i] = True
-                box = cropper.box(frame)
-                if box is not None:
-                    centre = cropper.crop(frame, box)
-                    box = None if is_flat(centre) else box  # a uniform patch is not a face
-                boxes[i] = box
-                for jj, f in waiting.pop(i, {}).items():
-                    if box is not None:
-                        crops[i, jj] = cropper.crop(f, box)
-            if boxes[i] is not None:
-                crops[i, j] = cropper.crop(frame, boxes[i])
-            elif not tried[i]:
-                waiting[i][j] = frame
-    missing = set(where) - seen
-    detected = [b is not None for b in boxes]
-    if missing:
-        return crops, boxes, detected, missing
-    filled = fill_near(boxes, [run[t // 2] / max(fps, 1e-6) for run in runs], MAX_GAP_S)
-    redo = [i for i in range(n) if boxes[i] is None and filled[i] is not None]
-    if redo:
-        todo = {idx for i in redo for idx in runs[i]}
-        for idx, frame in iter_decoded(path, todo):
-            for i, j in where[idx]:
-                if i in redo:
-                    crops[i, j] = cropper.crop(frame, filled[i])
-    return crops, filled, detected, set()
-
-
-def video_crops(path: str, frames_per_video: int, clip_len: int, crop_size: int,
-                detector, info=None) -> tuple[np.ndarray, dict]:
-    """Crops of one video through the one face path -> (uint8 [K, T, S, S, 3], face meta).
+def video_views(path: str, frames_per_video: int, clip_len: int, crop_size: int,
+                detector, info=None, views: Sequence[str] = STORED_VIEWS) -> tuple[dict, dict]:
+    """Every asked-for view of one video through the one face path -> ({view: uint8
+    [K, T or 1, S, S, 3]}, face meta). The views share the decode and the face boxes; a view
+    no clip model reads keeps each run's centre frame only (views.run_length).
 
     K <= frames_per_video: the sample points that show a face (K >= half of them, else
     NoFaceError with reason few_faces, or no_face when none does). Raises BadVideoError."""
+    views = tuple(check_view(v) for v in views)
     info = info or probe(path)
     n_frames = info.n_frames
     for attempt in range(2):
         runs = sample_points(n_frames, frames_per_video, clip_len)
-        crops, boxes, detected, missing = _detect_and_crop(path, runs, info.fps, crop_size, detector)
+        crops, boxes, cut, detected, missing = detect_and_crop(path, runs, info.fps, crop_size,
+                                                               detector, views, MAX_GAP_S)
         if not missing:
             break
         # The header promised more frames than decode (truncated or lying container).
@@ -175,8 +95,17 @@ def video_crops(path: str, frames_per_video: int, clip_len: int, crop_size: int,
             "boxes": [[int(v) for v in boxes[i]] for i in kept],
             "detected": [bool(detected[i]) for i in kept], "points": len(runs), "kept": kept,
             "fps": info.fps, "n_frames": int(n_frames), "width": info.width,
-            "height": info.height, "duration_s": info.duration_s, "faces": face_settings(detector)}
-    return np.ascontiguousarray(crops[kept]), meta
+            "height": info.height, "duration_s": info.duration_s, "faces": face_settings(detector),
+            "views": list(views),
+            "view_boxes": {v: [[int(x) for x in cut[i][v]] for i in kept] for v in views}}
+    return {v: np.ascontiguousarray(crops[v][kept]) for v in views}, meta
+
+
+def video_crops(path: str, frames_per_video: int, clip_len: int, crop_size: int,
+                detector, info=None, view: str = "face") -> tuple[np.ndarray, dict]:
+    """One view of one video (video_views) -> (uint8 [K, T, S, S, 3], face meta)."""
+    crops, meta = video_views(path, frames_per_video, clip_len, crop_size, detector, info, (view,))
+    return crops[view], meta
 
 
 def _audio(record: Any, info, decode_audio: bool) -> tuple[dict, np.ndarray | None]:
@@ -200,19 +129,19 @@ def _audio(record: Any, info, decode_audio: bool) -> tuple[dict, np.ndarray | No
 
 def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = True,
                   source_meta: dict | None = None) -> dict:
-    """Crop (video_crops), preprocess, decode the audio and write one video's entry; returns
-    its meta. Raises BadVideoError or NoFaceError. (source_meta is ignored: fakes are
+    """Crop every view the cache stores (video_views), preprocess, decode the audio and write
+    one video's entry; returns its meta. Raises BadVideoError or NoFaceError. (source_meta is ignored: fakes are
     detected on their own frames; the parameter stays for old callers.)"""
     t0 = time.perf_counter()
     info = probe(record.path)
-    crops, face_meta = video_crops(record.path, cache.frames_per_video, cache.clip_len,
-                                   cache.crop_size, detector, info)
+    crops, face_meta = video_views(record.path, cache.frames_per_video, cache.clip_len,
+                                   cache.crop_size, detector, info, cache.views)
     audio, mel = _audio(record, info, decode_audio)
     if cache.preprocessing != "none":
         from common.preprocess import apply_preprocessing  # torch-free workers unless needed
 
-        crops = apply_preprocessing(crops.reshape(-1, *crops.shape[2:]),
-                                    cache.preprocessing).reshape(crops.shape)
+        crops = {v: apply_preprocessing(c.reshape(-1, *c.shape[2:]), cache.preprocessing).reshape(c.shape)
+                 for v, c in crops.items()}
     p = cache.paths(record.rel)
     try:
         cache.dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +150,8 @@ def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = 
     except OSError as exc:
         raise CacheWriteError(f"cannot write the face cache in {cache.dir}: "
                               f"{exc.strerror or exc}") from exc
-    write_file(p["crops"], lambda f: np.save(f, crops))
+    for view, c in crops.items():
+        write_file(cache.view_path(record.rel, view), lambda f, c=c: np.save(f, c))
     if mel is not None:
         write_file(p["mel"], lambda f: np.save(f, mel))
     meta = {"version": CACHE_VERSION, "rel": record.rel, "label": int(record.label),

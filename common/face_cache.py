@@ -2,8 +2,12 @@
 
 Layout under <root>/<dataset>_s<crop>_n<N>_t<T>_<detector>[_<preprocessing>]/, per video
 key (rel with "/" turned into "__", extension dropped):
-  <key>.npy       uint8 [K, T, S, S, 3] RGB crops, K <= N: one run of T consecutive frames
-                  per sample point that shows a face (points without one are dropped)
+  <key>.npy       uint8 [K, T, S, S, 3] RGB face-view crops, K <= N: one run of T consecutive
+                  frames per sample point that shows a face (points without one are dropped)
+  <key>.<view>.npy  the same points in another view (common/views.py: context, native), the
+                  run's centre frame only ([K, 1, S, S, 3]) unless a clip model reads it; the
+                  entry's meta lists its views, and an entry lacking one the cache stores is
+                  redone (the face crops of an older entry stay readable meanwhile)
   <key>.mel.npy   float32 [N_MELS, F] log-mel of the whole track (only when audio present)
   <key>.json      metadata, written last: its presence means the entry is complete
   <key>.skip.json the video was skipped (bad_video, no_face, few_faces); not retried while
@@ -32,6 +36,7 @@ import numpy as np
 from common.checkpoints import atomic_write
 from common.errors import UserError
 from common.recipes import DEFAULTS
+from common.views import STORED_VIEWS, check_view, run_length
 
 CACHE_VERSION = 2  # 2: own detections only, points without a face dropped (K <= N runs)
 AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
@@ -96,9 +101,11 @@ class FaceCache:
 
     def __init__(self, root: str | os.PathLike, dataset: str, crop_size: int = DEFAULTS.image_size,
                  frames_per_video: int = DEFAULTS.frames_per_video, clip_len: int = DEFAULTS.clip_len,
-                 detector: str = DEFAULTS.face_detector,
-                 preprocessing: str = "none"):
+                 detector: str = DEFAULTS.face_detector, preprocessing: str = "none",
+                 views: tuple[str, ...] = STORED_VIEWS):
         self.root = Path(root)
+        # Every view some model uses, for every model: one extraction serves all five.
+        self.views = tuple(check_view(v) for v in views)
         self.dataset, self.detector = dataset, detector
         self.crop_size, self.frames_per_video, self.clip_len = crop_size, frames_per_video, clip_len
         # CLAHE / bilateral are deterministic: applied once here, not per sample in every epoch.
@@ -113,8 +120,19 @@ class FaceCache:
 
     def paths(self, rel: str) -> dict[str, Path]:
         k = video_key(rel)
-        return {"crops": self.dir / f"{k}.npy", "mel": self.dir / f"{k}.mel.npy",
-                "meta": self.dir / f"{k}.json", "skip": self.dir / f"{k}.skip.json"}
+        out = {"crops": self.dir / f"{k}.npy", "mel": self.dir / f"{k}.mel.npy",
+               "meta": self.dir / f"{k}.json", "skip": self.dir / f"{k}.skip.json"}
+        out.update({f"crops_{v}": self.view_path(rel, v) for v in self.views if v != "face"})
+        return out
+
+    def run_length(self, view: str = "face") -> int:
+        """Frames per sample point stored in a view: clip_len, or 1 (views.run_length)."""
+        return run_length(view, self.clip_len)
+
+    def view_path(self, rel: str, view: str = "face") -> Path:
+        """The .npy of one view: <key>.npy for face (the format before views), else <key>.<view>.npy."""
+        k = video_key(rel)
+        return self.dir / (f"{k}.npy" if check_view(view) == "face" else f"{k}.{view}.npy")
 
     def lock_path(self, rel: str) -> Path:
         return self.dir / f"{video_key(rel)}.lock"
@@ -127,25 +145,33 @@ class FaceCache:
         except (OSError, ValueError):
             return None
         # an entry of an older format (version 1 reused a real's boxes for its fakes) is redone
-        if meta.get("version", CACHE_VERSION) != CACHE_VERSION or not p["crops"].is_file():
+        if meta.get("version", CACHE_VERSION) != CACHE_VERSION:
+            return None
+        if not all(self.view_path(rel, v).is_file() for v in meta.get("views", ("face",))):
             return None
         if meta.get("audio", {}).get("present") and not p["mel"].is_file():
             return None
         return meta
 
     def is_complete(self, rel: str) -> bool:
-        return self.meta(rel) is not None
-
-    def entry(self, rel: str) -> tuple[np.ndarray, dict] | None:
-        """(read-only memmap uint8 [K, T, S, S, 3], meta) or None if not (completely) cached."""
+        """The entry holds every view this cache stores (else extraction redoes it)."""
         meta = self.meta(rel)
-        if meta is None:
+        return meta is not None and all(self._has_view(rel, meta, v) for v in self.views)
+
+    def _has_view(self, rel: str, meta: dict, view: str) -> bool:
+        return view in meta.get("views", ("face",)) and self.view_path(rel, view).is_file()
+
+    def entry(self, rel: str, view: str = "face") -> tuple[np.ndarray, dict] | None:
+        """(read-only memmap uint8 [K, T, S, S, 3] of the view, meta) or None if not
+        (completely) cached."""
+        meta = self.meta(rel)
+        if meta is None or not self._has_view(rel, meta, view):
             return None
         try:
-            crops = np.load(self.paths(rel)["crops"], mmap_mode="r")
+            crops = np.load(self.view_path(rel, view), mmap_mode="r")
         except (OSError, ValueError):
             return None
-        ok = (crops.ndim == 5 and crops.shape[1:] == self.shape[1:]
+        ok = (crops.ndim == 5 and crops.shape[1:] == (self.run_length(view), *self.shape[2:])
               and 1 <= crops.shape[0] == len(meta.get("frame_indices", ())))
         return (crops, meta) if ok else None
 

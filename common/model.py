@@ -18,11 +18,11 @@ from torch import nn
 from torchvision import models as tvm
 
 from common.errors import UserError
-from common.recipes import DEFAULTS, MODEL_NAMES
+from common.recipes import CLIP_MODELS, DEFAULTS, MODEL_NAMES
 from common.preprocess import normalisation_constants, normalize_pixels
 from common.specialists import SPECIALISTS
 
-CLIP_MODELS = ("tm", "av")  # models whose samples are clips of clip_len frames
+# CLIP_MODELS (recipes): models whose samples are clips of clip_len frames
 # AV's audio branch and audio-visual fusion (parameter-name prefixes): they see their first
 # audio at stage 4 and get the recipe's av_audio_lr_multiplier there.
 AV_AUDIO_FUSION = ("specialist.audio_stem.", "specialist.voice_frequency.", "specialist.temporal_audio.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 MODEL_NAMES = ("bg", "av", "cm", "rr", "tm")  # the five students, in the status table's order
+CLIP_MODELS = ("tm", "av")  # models whose samples are clips of clip_len frames (the rest: one frame)
 DFDC_CHUNK_ORDER = (9, 8, 3, 5, 7, 2, 6, 4, 1, 0)  # most to least balanced part
 
 

@@ -22,13 +22,16 @@ class FaceSamples(Dataset):
     """Items are (video, sample point) pairs of every video with a complete cache entry.
 
     `clip_len` 1 gives the sample point's own frame (BG, CM, RR); more gives that many
-    consecutive frames centred on it (TM, AV). Indexing accepts `i` or `(i, seed)`: the seed
+    consecutive frames centred on it (TM, AV). `view` is the kind of crop served
+    (common/views.py: the model's own, views.view_of). Indexing accepts `i` or `(i, seed)`: the seed
     travels with the sample as "seed" and fixes its augmentation draw (common.augment, on the
     training device), so results do not depend on worker count, batch or resume point.
     """
 
-    def __init__(self, records: Sequence, cache, clip_len: int, transform, with_audio: bool = False):
+    def __init__(self, records: Sequence, cache, clip_len: int, transform, with_audio: bool = False,
+                 view: str = "face"):
         self.cache = cache
+        self.view = view
         self.clip_len = clip_len
         self.transform = transform
         self.with_audio = with_audio
@@ -37,7 +40,7 @@ class FaceSamples(Dataset):
         self._offsets: list = []    # where each video's crops start in its .npy (None: use np.load)
         self.missing = 0
         for rec in records:
-            entry = cache.entry(rec.rel)
+            entry = cache.entry(rec.rel, view)
             if entry is None:
                 self.missing += 1
                 continue
@@ -78,8 +81,8 @@ class FaceSamples(Dataset):
         """uint8 [clip_len, S, S, 3]: the clip_len frames centred in run `point`. Read with one
         seek and read (a tenth of the cost of mapping the .npy for every sample); completeness
         and shape were checked once, at construction."""
-        path = self.cache.paths(rel)["crops"]
-        t, s = self.cache.clip_len, self.cache.crop_size
+        path = self.cache.view_path(rel, self.view)
+        t, s = self.cache.run_length(self.view), self.cache.crop_size
         start = (t - self.clip_len + 1) // 2 if self.clip_len > 1 else t // 2
         if self._offsets[v] is None:
             run = np.load(path, mmap_mode="r")[point]

@@ -35,6 +35,7 @@ from common.model import MODEL_NAMES, build_student, lr_multipliers, student_fro
 from common.recipes import FINAL_STAGE, RECIPES, script_name
 from common import stage_data as sd
 from common.run_guard import acquire, check_not_overwriting, check_resume_flags, release, run_flags
+from common.views import view_of
 from common.run_files import (append_jsonl, check_writable, data_summary, missing_rels, remove_stale_temps,
                                report_epoch, skipped_path, tensorboard_writer, write_skipped)
 
@@ -272,7 +273,8 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
                 "metrics": metrics or {}, "start": {"kind": start, "path": str(ckpt_path or "")},
                 "init_fingerprint": init_fingerprint, "kind": kind, "temperature": 1.0, "flags": flags,
                 "stage_finished": False, "data_index": sd.index_arguments(cfg, recipe),
-                "val_videos": val_rels, "faces": recorded_face_settings(cfg.face_detector, cfg.face_model)}
+                "val_videos": val_rels, "faces": recorded_face_settings(cfg.face_detector, cfg.face_model,
+                                                                 view=view_of(cfg.model))}
 
     if cfg.overwrite and start != "resume" and dist_info.main:
         # Asked for, and only now that data and model are known good: the old run's files
@@ -282,7 +284,7 @@ def _train(cfg, recipe, device, dist_info, paths, stop: StopFlag) -> dict:
     board = tensorboard_writer(paths, dist_info)
     last_save = time.monotonic()
     train_set = loader = sampler = loss_fn = None
-    augment = sd.train_augmenter(recipe)  # on the training device, one draw per clip
+    augment = sd.train_augmenter(recipe, cfg.model, cfg.image_size)  # on the device, one draw per clip
     current_chunk = object()
     while state["phase"] < len(phases):
         phase = phases[state["phase"]]

@@ -21,6 +21,7 @@ from common.face_cache import FaceCache
 from common.model import CLIP_MODELS
 from common.preprocess import ClipTransform
 from common.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
+from common.views import view_of
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +98,23 @@ def check_bad_fraction(dataset: FaceSamples, total: int, limit: float, split: st
             f"face crops (limit {limit:.0%}, --max-bad-fraction); see {skipped_file}")
 
 
-def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool) -> FaceSamples:
+def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool,
+                view: str | None = None) -> FaceSamples:
     """Training and evaluation read the same way: the workers only read uint8 crops and collate
     them. The cache already holds the stage's CLAHE / bilateral output (FaceCache.preprocessing);
-    the augmentation (train_augmenter) and the normalisation run on the training device."""
+    the augmentation (train_augmenter) and the normalisation run on the training device.
+    The crops are the model's own view (views.MODEL_VIEWS) unless `view` says otherwise (a
+    checkpoint's recorded view)."""
     clip = cfg.clip_len if cfg.model in CLIP_MODELS else 1
     transform = ClipTransform(cfg.image_size, preprocessing="none", normalize=False)
-    return FaceSamples(records, cache, clip_len=clip, transform=transform, with_audio=cfg.model == "av")
+    return FaceSamples(records, cache, clip_len=clip, transform=transform, with_audio=cfg.model == "av",
+                       view=view or view_of(cfg.model))
 
 
-def train_augmenter(recipe) -> ClipAugmenter | None:
-    """The recipe's augmentation, for common.engine.train_one_epoch(augment=...)."""
-    return augmenter_for(recipe.augmentation)
+def train_augmenter(recipe, model: str | None = None, crop_size: int = 224) -> ClipAugmenter | None:
+    """The recipe's augmentation as fits the model's view (augment.view_level), for
+    common.engine.train_one_epoch(augment=...)."""
+    return augmenter_for(recipe.augmentation, view_of(model), crop_size)
 
 
 def split_counts(records: Sequence) -> dict:

@@ -33,6 +33,7 @@ from common.model import CLIP_MODELS, MODEL_NAMES, StudentModel, student_from_op
 from common.preprocess import ClipTransform
 from common.recipes import DEFAULTS, RECIPES
 from common.samples import FaceSamples
+from common.views import recorded_view
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
 STUDENT_SUFFIX = "_model_student.pt"
@@ -168,7 +169,7 @@ def score_videos(student: Student, records: Sequence, cache: FaceCache, settings
     # uint8 out of the loader: StudentModel normalises itself, and it is the external contract.
     transform = ClipTransform(settings.image_size, preprocessing=student.preprocessing, normalize=False)
     samples = FaceSamples(records, cache, clip_len=student.clip_len, transform=transform,
-                          with_audio=student.with_audio)
+                          with_audio=student.with_audio, view=recorded_view(student.checkpoint))
     loader = DataLoader(samples, batch_size=batch_size, num_workers=workers,
                         pin_memory=device.type == "cuda")
     model = student.model.to(device)

@@ -43,6 +43,7 @@ def test_predict_scores_give_the_validation_auc_of_the_metrics_file(trained):
     paths = stage_paths(work / "ck", "cm", "stage1_faceforensics")
     best = load_checkpoint(paths.best, "cm")
     assert best["faces"]["detector"] == "yunet" and best["faces"]["max_gap_s"] == 0.5
+    assert best["faces"]["view"] == "native"  # CM's view: predict below must serve it too
     epochs = [json.loads(x) for x in paths.metrics.read_text().splitlines() if '"epoch"' in x]
     trained_auc = epochs[-1]["val"]["video"]["auc"]  # one epoch: the best one
     # the student file as the final stage writes it (stage 4 would take minutes here)

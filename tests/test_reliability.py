@@ -260,8 +260,11 @@ def test_sigkill_during_face_extraction_then_resume(ff, straight, tmp_path):
     """Killed while a crop file is half-way into the cache (temp written, not renamed, no
     json): --resume (there is no checkpoint yet) redoes that video and ends with the
     reference weights."""
+    from common.views import STORED_VIEWS
+
     args = stage_args(ff, tmp_path)
-    proc, _ = run_until_paused(tmp_path, args, "npsave", 3)
+    # one .npy per view and video: the write after two whole videos is the third's face view
+    proc, _ = run_until_paused(tmp_path, args, "npsave", 2 * len(STORED_VIEWS) + 1)
     cache_dir = next((tmp_path / "cache").iterdir())
     pending = temp_files(cache_dir)
     sigkill(proc)
@@ -673,11 +676,13 @@ def test_resume_refuses_a_changed_shaping_flag(ff, straight, tmp_path, capsys, f
 
 
 def test_full_disk_during_a_cache_write_stops_and_blames_no_video(ff, tmp_path, monkeypatch, capsys):
+    from common.views import STORED_VIEWS
+
     real_save, calls = np.save, {"n": 0}
 
     def disk_fills_up(f, arr, *a, **k):
         calls["n"] += 1
-        if calls["n"] >= 3:
+        if calls["n"] > 2 * len(STORED_VIEWS):  # two whole videos (one .npy per view), then full
             f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(f, arr, *a, **k)
