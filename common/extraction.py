@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from common.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
-from common.crops import Cropper as _Cropper, detect_and_crop  # noqa: F401 (_Cropper: the benchmarks import it here)
+from common.crops import detect_and_crop
 from common.errors import UserError
 from common.face_cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
                                file_stamp, shard_of, write_file, write_json)

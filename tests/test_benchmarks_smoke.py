@@ -105,7 +105,7 @@ def test_region_conversion_is_the_full_frame_conversion(frame):
     ((-10, -6, 40, 44), 0), ((100, 60, 150, 110), 0), ((200, 200, 240, 240), 0),  # crop_box
 ])
 def test_face_crops_from_decoded_frames_match_crop_box(frame, box, tolerance):
-    from common.extraction import _Cropper
+    from common.crops import Cropper as _Cropper
     from common.faces import crop_box, make_detector
 
     got = _Cropper(make_detector("none"), 32).crop(frame, box)

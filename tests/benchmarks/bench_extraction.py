@@ -68,7 +68,7 @@ def breakdown(path: str, cache, detector) -> dict:
     """One instrumented pass over the needed frames: where the extraction time goes."""
     import time
 
-    from common.extraction import _Cropper
+    from common.crops import Cropper as _Cropper
     from common.video import iter_decoded, probe, sample_points
 
     info = probe(path)
