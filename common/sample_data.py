@@ -343,9 +343,10 @@ def make_dfdc(root: str | Path, seed: int = 0, n_originals: int = 3, n_frames: i
 # network trained from scratch for a few epochs.
 SIZES: dict[str, dict[str, dict]] = {
     "tiny": {"faceforensics": {}, "celebdf": {}, "dfdc": {}},
+    "smoke": {"faceforensics": {}, "celebdf": {}, "dfdc": {"n_parts": 3}},  # tiny + a held-out part
     "demo": {"faceforensics": {"n_pairs": 12, "n_val_pairs": 2, "n_test_pairs": 2, "tint": 2.5},
              "celebdf": {"n_ids": 12, "n_clips": 3, "tint": 2.5},
-             "dfdc": {"n_originals": 10, "n_parts": 3, "tint": 2.5}},
+             "dfdc": {"n_originals": 20, "n_parts": 3, "tint": 2.5}},
 }
 
 
@@ -366,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="write into non-empty folders")
     ap.add_argument("--size", choices=tuple(SIZES), default="tiny",
-                    help="tiny: a few dozen videos (tests); demo: a few hundred (python -m common.demo)")
+                    help="tiny: a few dozen videos (tests); smoke: tiny plus a third DFDC part; "
+                         "demo: a few hundred (python -m common.demo)")
     args = ap.parse_args(argv)
     start = time.time()
     try:
