@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
     except DemoFailed as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the running step got the Ctrl-C too and stopped on its own
+        print(f"demo interrupted; its files so far are in {args.out}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

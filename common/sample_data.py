@@ -1,6 +1,9 @@
-"""Tiny synthetic copies of the FaceForensics++, Celeb-DF v2 and DFDC trees.
+"""Small synthetic copies of the FaceForensics++, Celeb-DF v2 and DFDC trees.
 
-    python -m common.sample_data OUT [--seed N] [--force]
+    python -m common.sample_data OUT [--size tiny|smoke|demo] [--seed N] [--force]
+
+Sizes (SIZES): "tiny" (the default, ~75 videos) for the test suite, "smoke" = tiny plus a
+DFDC part to hold out, "demo" (~270 videos, a clearer swap seam) for python -m common.demo.
 
 Faces come from scikit-image's bundled astronaut photo (no network): each "identity" is
 that face (maybe mirrored) with its own skin and hair colours, on its own smooth background,
@@ -344,9 +347,9 @@ def make_dfdc(root: str | Path, seed: int = 0, n_originals: int = 3, n_frames: i
 SIZES: dict[str, dict[str, dict]] = {
     "tiny": {"faceforensics": {}, "celebdf": {}, "dfdc": {}},
     "smoke": {"faceforensics": {}, "celebdf": {}, "dfdc": {"n_parts": 3}},  # tiny + a held-out part
-    "demo": {"faceforensics": {"n_pairs": 12, "n_val_pairs": 2, "n_test_pairs": 2, "tint": 2.5},
-             "celebdf": {"n_ids": 12, "n_clips": 3, "tint": 2.5},
-             "dfdc": {"n_originals": 20, "n_parts": 3, "tint": 2.5}},
+    "demo": {"faceforensics": {"n_pairs": 12, "n_val_pairs": 2, "n_test_pairs": 2, "tint": 3.0},
+             "celebdf": {"n_ids": 12, "n_clips": 3, "tint": 3.0},
+             "dfdc": {"n_originals": 20, "n_parts": 3, "tint": 3.0}},
 }
 
 
