@@ -42,11 +42,18 @@ def test_plan_is_the_fifteen_scripts_then_status_fit_evaluate_predict(tmp_path):
         assert args.status_file == tmp_path / "TRAINING_STATUS.md"
         assert (args.backbone, args.pretrained, args.image_size, args.clip_len) == ("mobilenet_v3_small", "none", 48, 3)
         assert args.face_detector == build_parser(model, stage).get_default("face_detector")  # the default
-        assert args.epochs == demo.PROFILES["demo"].epochs[stage] < RECIPES[stage].epochs + 1
+        assert args.epochs == demo.PROFILES["demo"].epochs[stage] <= RECIPES[stage].epochs
         if RECIPES[stage].chunks:
             assert args.chunks == (0, 1)  # part 2 stays held out
-    evaluate = steps[17].argv
-    assert evaluate[evaluate.index("--parts") + 1] == "2" and evaluate[evaluate.index("--split") + 1] == "test"
+    from common import ensemble, evaluate
+
+    fit = ensemble.build_parser().parse_args(steps[16].argv[2:])
+    assert (fit.command, fit.data, fit.dataset) == ("fit", tmp_path / "data" / "dfdc", "dfdc")
+    held = evaluate.build_parser().parse_args(steps[17].argv[2:])
+    assert (held.dataset, held.split, held.parts, held.data) == ("dfdc", "test", (2,), tmp_path / "data" / "dfdc")
+    predict = ensemble.build_parser().parse_args(steps[18].argv[2:])
+    assert predict.command == "predict" and len(predict.videos) == 2
+    assert {Path(v).parent for v in predict.videos} == {tmp_path / "data" / "dfdc" / "dfdc_train_part_2"}
 
 
 def _final(auc: float, collapsed: bool = False) -> dict:
