@@ -127,11 +127,20 @@ def predict_videos(dfdc_root: Path, part: int) -> list[Path]:
 Runner = Callable[[list[str], Path], int]
 
 
+def child_env() -> dict[str, str]:
+    """The user's environment, with one intra-op thread unless they chose otherwise: on a
+    small shared CPU two spinning OpenMP threads stall each other and every other process
+    (measured: one stage 75 s with two threads, 11 s with one, on a busy 2-core machine)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
 def subprocess_runner(argv: list[str], log: Path) -> int:
     """`python ARGV` from the repository root, stdout and stderr into `log`; its exit code."""
     with open(log, "w") as f:
         return subprocess.run([sys.executable, *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL).returncode
+                              stdin=subprocess.DEVNULL, env=child_env()).returncode
 
 
 def last_words(log: Path) -> str:
@@ -235,7 +244,8 @@ def run_demo(out: Path, profile: Profile, runner: Runner = subprocess_runner, ec
 
     start = time.time()
     logs = out / "logs"
-    echo(f"demo: sample data ({profile.sample_size}) -> {out / 'data'}")
+    echo(f"demo: sample data ({profile.sample_size}) -> {out / 'data'}; steps run with "
+         f"OMP_NUM_THREADS={child_env()['OMP_NUM_THREADS']}, logs in {logs}")
     trees = make_all(out / "data", size=profile.sample_size)
     echo("      " + ", ".join(f"{name} {len(paths)} videos" for name, paths in trees.items())
          + f"  {time.time() - start:.1f} s")

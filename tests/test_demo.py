@@ -196,3 +196,12 @@ def test_tiny_demo_runs_every_tool_for_real(tmp_path, capsys, monkeypatch):
         assert code == 0
     else:
         assert code == 1 and err.strip().splitlines()[-1].startswith("demo failed: the ensemble's held-out")
+
+
+def test_steps_get_one_thread_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("DEMO_TEST_MARK", "kept")
+    env = demo.child_env()
+    assert env["OMP_NUM_THREADS"] == "1" and env["DEMO_TEST_MARK"] == "kept"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert demo.child_env()["OMP_NUM_THREADS"] == "4"
