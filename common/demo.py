@@ -110,9 +110,9 @@ def plan(out: Path, profile: Profile) -> list[Step]:
 
 def predict_videos(dfdc_root: Path, part: int) -> list[Path]:
     """The first real and the first fake of the held-out part, from its metadata.json."""
-    from common.sample_data import _dfdc_part_dir
+    from common.sample_data import dfdc_part_dir
 
-    folder = _dfdc_part_dir(dfdc_root, part)
+    folder = dfdc_part_dir(dfdc_root, part)
     meta_file = folder / "metadata.json"
     if not meta_file.is_file():
         return [folder / "real.mp4", folder / "fake.mp4"]  # not made yet: names for the plan only
@@ -267,8 +267,10 @@ def run_demo(out: Path, profile: Profile, runner: Runner = subprocess_runner, ec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m common.demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m common.demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="The whole job on generated data, run the way a user runs it: sample data, the "
+                    "fifteen stage scripts, status, ensemble fit, held-out evaluation, predict, one table.")
     p.add_argument("out", nargs="?", type=Path, default=Path("demo-run"),
                    help="new or empty folder for data, cache, checkpoints, logs and the table")
     p.add_argument("--profile", choices=tuple(PROFILES), default="demo",

@@ -275,8 +275,8 @@ def make_celebdf(root: str | Path, seed: int = 0, n_ids: int = 6, n_frames: int 
                  n_clips: int = 2, tint: float = 1.0) -> list[Path]:
     """Identities id0..id<n_ids-1> in swap pairs (0,1), (2,3), ...; n_clips clips each, one
     fake per clip; one YouTube real; it and the last pair's first clips make the test list."""
-    if n_ids < 4 or n_ids % 2:
-        raise ValueError(f"n_ids must be even and at least 4 (swap pairs), got {n_ids}")
+    if n_ids < 2 or n_ids % 2:
+        raise ValueError(f"n_ids must be even (swap pairs), got {n_ids}")
     root = _prepare(root, force)
     written, test = [], []
     for a in range(n_ids):
@@ -299,7 +299,7 @@ def make_celebdf(root: str | Path, seed: int = 0, n_ids: int = 6, n_frames: int 
     return written
 
 
-def _dfdc_part_dir(root: Path, k: int) -> Path:
+def dfdc_part_dir(root: Path, k: int) -> Path:
     """Part 1 is nested the way some copies of the download are; the others are plain."""
     return root / "dfdc_train_part_01/dfdc_train_part_1" if k == 1 else root / f"dfdc_train_part_{k}"
 
@@ -317,7 +317,7 @@ def make_dfdc(root: str | Path, seed: int = 0, n_originals: int = 3, n_frames: i
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     stride = max(10, n_originals + 2)  # identities of one part never reach the next part's
     for k in range(n_parts):
-        folder, meta = _dfdc_part_dir(root, k), {}
+        folder, meta = dfdc_part_dir(root, k), {}
         for o in range(n_originals):
             ident, vid_seed = 60 + stride * k + o, seed + 500 + stride * k + o
             wh = size[::-1] if (k == 1 and o == 0) else size
