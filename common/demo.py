@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", nargs="?", type=Path, default=Path("demo-run"),
                    help="new or empty folder for data, cache, checkpoints, logs and the table")
     p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
-                   help="demo: learns, ~10 min on 2 CPU cores; tiny: the plumbing only, on the test tree")
+                   help="demo: learns, about 4 min on 2 CPU cores; tiny: the plumbing only, on the test tree")
     return p
 
 
