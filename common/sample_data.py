@@ -1,6 +1,9 @@
-"""Tiny synthetic copies of the FaceForensics++, Celeb-DF v2 and DFDC trees.
+"""Small synthetic copies of the FaceForensics++, Celeb-DF v2 and DFDC trees.
 
-    python -m common.sample_data OUT [--seed N] [--force]
+    python -m common.sample_data OUT [--size tiny|smoke|demo] [--seed N] [--force]
+
+Sizes (SIZES): "tiny" (the default, ~75 videos) for the test suite, "smoke" = tiny plus a
+DFDC part to hold out, "demo" (~270 videos, a clearer swap seam) for python -m common.demo.
 
 Faces come from scikit-image's bundled astronaut photo (no network): each "identity" is
 that face (maybe mirrored) with its own skin and hair colours, on its own smooth background,
@@ -127,7 +130,7 @@ def _look(seed: int, bright: tuple[float, float], gain: tuple[float, float],
     return (np.linalg.inv(_TO_YCC) @ ycc @ _TO_YCC).astype(np.float32)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _head(identity: int, px: int, mirror: bool) -> tuple[np.ndarray, np.ndarray]:
     """(RGB float32 [px,px,3], alpha [px,px,1]) of one identity's head: its own skin and
     hair colours. The skin mostly changes hue and only a little in brightness: the grey
@@ -175,11 +178,12 @@ def mouth_envelope(n_frames: int, fps: float = 25.0, seed: int = 0) -> np.ndarra
 def face_video(n_frames: int, size: tuple[int, int] = (160, 120), identity: int = 0,
                seed: int = 0, swap: int | None = None, face_px: int | None = None,
                fps: float = 25.0, mouth: np.ndarray | None = None,
-               blur: float = 1.0) -> np.ndarray:
+               blur: float = 1.0, tint: float = 1.0) -> np.ndarray:
     """RGB uint8 [n_frames, H, W, 3]: one identity's head drifting slowly over its own
     background. `swap` = another identity whose inner face is blended in (a fake); the
     motion depends only on (identity, seed), so a fake lines up with its original.
-    `mouth` = per-frame opening in [0, 1] (default: mouth_envelope(seed))."""
+    `mouth` = per-frame opening in [0, 1] (default: mouth_envelope(seed)). `blur` and `tint`
+    set how visible the swap is (1 = the tiny test trees' subtle seam)."""
     w, h = size
     px = min(face_px or int(min(w, h) * _FACE_FRAC), w, h)
     head, alpha = _head(identity, px, bool(identity % 2))
@@ -187,7 +191,9 @@ def face_video(n_frames: int, size: tuple[int, int] = (160, 120), identity: int 
     background = _background(rng, w, h)
     if swap is not None:  # inner face of `swap`, blurred and tinted, feathered into `head`
         other, _ = _head(swap, px, bool(identity % 2))  # aligned with the target's face
-        other = cv2.GaussianBlur(other, (0, 0), blur) * np.float32(1.08) + 6
+        # brighter by `tint`, and (above 1) warmer too: a colour seam that CLAHE leaves in place
+        shift = 6 * tint + (tint - 1) * np.array([6, 0, -6], np.float32)
+        other = cv2.GaussianBlur(other, (0, 0), blur) * np.float32(1 + 0.08 * tint) + shift
         inner = _crop_mask(px, identity, *_INNER, feather=3)
         head = head * (1 - inner) + other * inner
     mouth = mouth_envelope(n_frames, fps, seed) if mouth is None else mouth
@@ -233,9 +239,13 @@ def _prepare(root: Path, force: bool) -> Path:
 
 
 def make_faceforensics(root: str | Path, seed: int = 0, n_pairs: int = 6, n_frames: int = 24,
-                       size: tuple[int, int] = (160, 120), force: bool = False) -> list[Path]:
+                       size: tuple[int, int] = (160, 120), force: bool = False,
+                       n_val_pairs: int = 1, n_test_pairs: int = 1, tint: float = 1.0) -> list[Path]:
     """original_sequences/youtube/c23 + two methods + splits/{train,val,test}.json.
-    n_pairs pairs -> 2*n_pairs originals and 4*n_pairs fakes; last two pairs are val, test."""
+    n_pairs pairs -> 2*n_pairs originals and 4*n_pairs fakes; the last pairs are val, then test."""
+    if n_pairs - n_val_pairs - n_test_pairs < 1 or min(n_val_pairs, n_test_pairs) < 1:
+        raise ValueError(f"need a train, a val and a test pair, got {n_pairs} pairs "
+                         f"({n_val_pairs} val, {n_test_pairs} test)")
     root = _prepare(root, force)
     ids = [f"{i:03d}" for i in range(2 * n_pairs)]
     pairs = [[ids[2 * i], ids[2 * i + 1]] for i in range(n_pairs)]
@@ -249,34 +259,39 @@ def make_faceforensics(root: str | Path, seed: int = 0, n_pairs: int = 6, n_fram
             for t, s in ((a, b), (b, a)):
                 p = root / "manipulated_sequences" / method / "c23/videos" / f"{t}_{s}.mp4"
                 write_mp4(p, face_video(n_frames, size, int(t), seed + int(t), swap=int(s),
-                                        blur=0.8 + 0.6 * m))
+                                        blur=0.8 + 0.6 * m, tint=tint))
                 written.append(p)
     (root / "splits").mkdir(exist_ok=True)
-    cut = {"train": pairs[:-2], "val": pairs[-2:-1], "test": pairs[-1:]}
+    n_train = n_pairs - n_val_pairs - n_test_pairs
+    cut = {"train": pairs[:n_train], "val": pairs[n_train:n_train + n_val_pairs],
+           "test": pairs[n_train + n_val_pairs:]}
     for split, chosen in cut.items():
         (root / "splits" / f"{split}.json").write_text(json.dumps(chosen))
     return written
 
 
 def make_celebdf(root: str | Path, seed: int = 0, n_ids: int = 6, n_frames: int = 24,
-                 size: tuple[int, int] = (160, 120), force: bool = False) -> list[Path]:
-    """Identities id0..id<n_ids-1> in swap pairs (0,1), (2,3), ...; two clips each, one fake
-    per clip; one YouTube real; it and the last pair's first clips make the test list."""
+                 size: tuple[int, int] = (160, 120), force: bool = False,
+                 n_clips: int = 2, tint: float = 1.0) -> list[Path]:
+    """Identities id0..id<n_ids-1> in swap pairs (0,1), (2,3), ...; n_clips clips each, one
+    fake per clip; one YouTube real; it and the last pair's first clips make the test list."""
+    if n_ids < 2 or n_ids % 2:
+        raise ValueError(f"n_ids must be even (swap pairs), got {n_ids}")
     root = _prepare(root, force)
     written, test = [], []
     for a in range(n_ids):
         b = a ^ 1  # swap partner
-        for clip in range(2):
+        for clip in range(n_clips):
             vid_seed = seed + 100 * a + clip
             real = root / "Celeb-real" / f"id{a}_{clip:04d}.mp4"
             fake = root / "Celeb-synthesis" / f"id{a}_id{b}_{clip:04d}.mp4"
             write_mp4(real, face_video(n_frames, size, 20 + a, vid_seed))
-            write_mp4(fake, face_video(n_frames, size, 20 + a, vid_seed, swap=20 + b))
+            write_mp4(fake, face_video(n_frames, size, 20 + a, vid_seed, swap=20 + b, tint=tint))
             written += [real, fake]
             if a >= n_ids - 2 and clip == 0:
                 test += [f"1 Celeb-real/{real.name}", f"0 Celeb-synthesis/{fake.name}"]
     youtube = root / "YouTube-real" / "00000.mp4"  # one, in the test list: keeps reals <= fakes
-    write_mp4(youtube, face_video(n_frames, size, 40, seed + 900))
+    write_mp4(youtube, face_video(n_frames, size, max(40, 20 + n_ids), seed + 900))
     written.append(youtube)
     test.append("1 YouTube-real/00000.mp4")
     # 1 = REAL in this file; no final newline, like a file saved by hand
@@ -284,19 +299,27 @@ def make_celebdf(root: str | Path, seed: int = 0, n_ids: int = 6, n_frames: int 
     return written
 
 
+def dfdc_part_dir(root: Path, k: int) -> Path:
+    """Part 1 is nested the way some copies of the download are; the others are plain."""
+    return root / "dfdc_train_part_01/dfdc_train_part_1" if k == 1 else root / f"dfdc_train_part_{k}"
+
+
 def make_dfdc(root: str | Path, seed: int = 0, n_originals: int = 3, n_frames: int = 30,
-              size: tuple[int, int] = (192, 108), force: bool = False) -> list[Path]:
-    """dfdc_train_part_0/ (plain) and dfdc_train_part_01/dfdc_train_part_1/ (nested), each
-    with n_originals reals, n_originals + 1 fakes and metadata.json. Videos carry audio;
-    part 1's first original (and its fakes) is portrait."""
+              size: tuple[int, int] = (192, 108), force: bool = False,
+              n_parts: int = 2, tint: float = 1.0) -> list[Path]:
+    """dfdc_train_part_0/ (plain), dfdc_train_part_01/dfdc_train_part_1/ (nested) and, with
+    n_parts > 2, dfdc_train_part_<k>/ (plain), each with n_originals reals, n_originals + 1
+    fakes and metadata.json. Videos carry audio; part 1's first original (and its fakes) is
+    portrait."""
     root = _prepare(root, force)
     fps, written = 29.97, []
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    for k, folder in ((0, root / "dfdc_train_part_0"), (1, root / "dfdc_train_part_01/dfdc_train_part_1")):
-        meta = {}
+    stride = max(10, n_originals + 2)  # identities of one part never reach the next part's
+    for k in range(n_parts):
+        folder, meta = dfdc_part_dir(root, k), {}
         for o in range(n_originals):
-            ident, vid_seed = 60 + 10 * k + o, seed + 500 + 10 * k + o
+            ident, vid_seed = 60 + stride * k + o, seed + 500 + stride * k + o
             wh = size[::-1] if (k == 1 and o == 0) else size
             env = mouth_envelope(n_frames, fps, vid_seed)
             audio = speech_audio(env, fps, seed=vid_seed)
@@ -309,7 +332,7 @@ def make_dfdc(root: str | Path, seed: int = 0, n_originals: int = 3, n_frames: i
                 fake = "".join(rng.choice(letters, 10)) + ".mp4"
                 other_mouth = mouth_envelope(n_frames, fps, vid_seed + 77 + f)  # out of sync
                 frames = face_video(n_frames, wh, ident, vid_seed, swap=ident + 1 + f, fps=fps,
-                                    mouth=other_mouth)
+                                    mouth=other_mouth, tint=tint)
                 write_mp4(folder / fake, frames, fps=fps, audio=audio)
                 meta[fake] = {"label": "FAKE", "split": "train", "original": name}
                 written.append(folder / fake)
@@ -317,12 +340,28 @@ def make_dfdc(root: str | Path, seed: int = 0, n_originals: int = 3, n_frames: i
     return written
 
 
-def make_all(out: str | Path, seed: int = 0, force: bool = False) -> dict[str, list[Path]]:
-    """All three trees under out/faceforensics, out/celebdf and out/dfdc."""
-    out = Path(out)
-    return {"faceforensics": make_faceforensics(out / "faceforensics", seed, force=force),
-            "celebdf": make_celebdf(out / "celebdf", seed, force=force),
-            "dfdc": make_dfdc(out / "dfdc", seed, force=force)}
+# Tree sizes. "tiny" keeps the test suite fast; "demo" (python -m common.demo) has enough
+# videos per split for a validation AUC that means something, a third DFDC part that no
+# stage trains on (for the held-out evaluation), and a swap seam clear enough for a small
+# network trained from scratch for a few epochs.
+SIZES: dict[str, dict[str, dict]] = {
+    "tiny": {"faceforensics": {}, "celebdf": {}, "dfdc": {}},
+    "smoke": {"faceforensics": {}, "celebdf": {}, "dfdc": {"n_parts": 3}},  # tiny + a held-out part
+    "demo": {"faceforensics": {"n_pairs": 12, "n_val_pairs": 2, "n_test_pairs": 2, "tint": 3.0},
+             "celebdf": {"n_ids": 12, "n_clips": 3, "tint": 3.0},
+             "dfdc": {"n_originals": 20, "n_parts": 3, "tint": 3.0}},
+}
+
+
+def make_all(out: str | Path, seed: int = 0, force: bool = False,
+             size: str = "tiny") -> dict[str, list[Path]]:
+    """All three trees under out/faceforensics, out/celebdf and out/dfdc, at one of SIZES."""
+    if size not in SIZES:
+        raise UserError(f"unknown sample size {size!r} (choose from {', '.join(SIZES)})")
+    out, kw = Path(out), SIZES[size]
+    return {"faceforensics": make_faceforensics(out / "faceforensics", seed, force=force, **kw["faceforensics"]),
+            "celebdf": make_celebdf(out / "celebdf", seed, force=force, **kw["celebdf"]),
+            "dfdc": make_dfdc(out / "dfdc", seed, force=force, **kw["dfdc"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,10 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="folder to write faceforensics/, celebdf/ and dfdc/ into")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="write into non-empty folders")
+    ap.add_argument("--size", choices=tuple(SIZES), default="tiny",
+                    help="tiny: a few dozen videos (tests); smoke: tiny plus a third DFDC part; "
+                         "demo: a few hundred (python -m common.demo)")
     args = ap.parse_args(argv)
     start = time.time()
     try:
-        trees = make_all(args.out, args.seed, args.force)
+        trees = make_all(args.out, args.seed, args.force, args.size)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The synthetic trees: they index cleanly, decode, carry audio where DFDC does, and show
 faces that the project's own Haar detector (common.faces.make_detector("haar")) finds in
 every video, with fakes that differ inside the face."""
+import json
 from pathlib import Path
 
 import av
@@ -158,3 +159,44 @@ def test_cli_refuses_a_non_empty_folder(tmp_path, capsys):
     with pytest.raises(UserError):
         sd.make_faceforensics(tmp_path / "faceforensics")
     assert (tmp_path / "faceforensics" / "mine.txt").read_text() == "keep me"
+
+
+def test_a_third_dfdc_part_is_plain_and_indexes_with_the_others(tmp_path):
+    """The demo and smoke sizes hold DFDC part 2 out of training, for common.evaluate."""
+    written = sd.make_dfdc(tmp_path, n_originals=2, n_frames=4, size=(96, 54), n_parts=3)
+    assert (tmp_path / "dfdc_train_part_2" / "metadata.json").is_file()
+    records = index_dfdc(tmp_path, parts=[0, 1, 2], val_fraction=0)
+    assert len(records) == len(written) == 3 * (2 + 3)
+    for part in (0, 1, 2):
+        labels = [r.label for r in records if r.chunk == part]
+        assert (labels.count(0), labels.count(1)) == (2, 3), part
+
+
+def test_faceforensics_split_sizes_follow_the_arguments(tmp_path):
+    sd.make_faceforensics(tmp_path / "ff", n_pairs=4, n_frames=2, size=(96, 72), n_val_pairs=1, n_test_pairs=2)
+    splits = {s: json.loads((tmp_path / "ff" / "splits" / f"{s}.json").read_text()) for s in ("train", "val", "test")}
+    assert splits == {"train": [["000", "001"]], "val": [["002", "003"]],
+                      "test": [["004", "005"], ["006", "007"]]}
+    with pytest.raises(ValueError, match="train"):
+        sd.make_faceforensics(tmp_path / "none", n_pairs=2, n_val_pairs=1, n_test_pairs=1)
+
+
+def test_tint_strengthens_the_seam_inside_the_face_only():
+    real = sd.face_video(3, (96, 72), identity=3, seed=5).astype(np.int16)
+    seams = []
+    for tint in (1.0, 2.5):
+        fake = sd.face_video(3, (96, 72), identity=3, seed=5, swap=4, tint=tint).astype(np.int16)
+        diff = np.abs(real - fake).mean(axis=(0, 3))
+        assert diff[:8].mean() < 1.0 and diff[:, :8].mean() < 1.0  # borders: same background
+        seams.append(diff.mean())
+    assert seams[1] > 1.5 * seams[0]
+
+
+def test_sizes_are_checked(tmp_path, capsys):
+    with pytest.raises(UserError, match="unknown sample size"):
+        sd.make_all(tmp_path, size="huge")
+    with pytest.raises(SystemExit):
+        sd.main([str(tmp_path), "--size", "huge"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert set(sd.SIZES) == {"tiny", "smoke", "demo"}
+    assert sd.SIZES["demo"]["dfdc"]["n_parts"] == sd.SIZES["smoke"]["dfdc"]["n_parts"] == 3
