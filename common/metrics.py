@@ -144,11 +144,15 @@ def fit_temperature(logits: torch.Tensor, labels, video_ids: Sequence[str] | Non
 
 def evaluate(video_ids: Sequence[str], labels: Sequence[int], logits: torch.Tensor,
              temperature: float = 1.0) -> dict:
-    """All validation figures for one pass: frame level, video level and the collapse guard."""
+    """All validation figures for one pass: frame level, video level and the collapse guard.
+
+    The guard reads the uncalibrated (T = 1) scores: collapse is about the model's ranking and
+    spread, and a large fitted temperature would otherwise shrink a healthy model's spread."""
     probs = softmax_fake(logits, temperature)
     ids, vlabels, vprobs = video_scores(video_ids, labels, probs)
+    raw = vprobs if temperature == 1.0 else video_scores(video_ids, labels, softmax_fake(logits))[2]
     return {
         "frame": binary_metrics(labels, probs),
         "video": binary_metrics(vlabels, vprobs),
-        "collapse": collapse_check(vprobs, vlabels),
+        "collapse": collapse_check(raw, vlabels),
     }

@@ -98,3 +98,20 @@ def test_evaluate_reports_frame_video_and_collapse():
     out = evaluate(["a", "a", "b", "b"], [0, 0, 1, 1], logits)
     assert out["frame"]["auc"] == 1.0 and out["video"]["n"] == 2 and out["video"]["auc"] == 1.0
     assert out["collapse"]["collapsed"] is False and out["collapse"]["auc"] == 1.0
+
+
+def test_the_collapse_verdict_does_not_change_with_the_temperature():
+    from common.metrics import COLLAPSE_SPREAD, softmax_fake
+
+    # Small but real margins, well ranked: a big fitted T shrinks the calibrated spread below
+    # the floor, yet the model it describes is the same.
+    ids = [f"v{i}" for i in range(8)]
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    margin = torch.tensor([-4, -3, -2, -1, 1, 2, 3, 4], dtype=torch.float32) * 4e-3
+    logits = torch.stack([torch.zeros(8), margin], dim=1)
+    hot = evaluate(ids, labels, logits, temperature=100.0)
+    assert hot["video"]["auc"] == 1.0
+    calibrated = softmax_fake(logits, 100.0)  # one frame per video: these are the video scores
+    assert collapse_check(calibrated, labels)["logit_std"] < COLLAPSE_SPREAD  # what used to be judged
+    assert hot["collapse"] == evaluate(ids, labels, logits)["collapse"]
+    assert not hot["collapse"]["collapsed"]
