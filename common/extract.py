@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="stored with the crops; 'stage' = what the dataset's training stage uses "
            "(FF++ none, Celeb-DF clahe, DFDC clahe_bilateral)")
     a("--no-audio", action="store_true", help="skip the log-mel extraction")
+    a("--retry-skipped", action="store_true",
+      help="try again the videos the cache marked skipped (e.g. after changing the detector model)")
     a("--no-progress", action="store_true")
     return parser
 
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = build_face_cache(records, cache, workers=args.workers, shard=shard,
                                    decode_audio=not args.no_audio, progress=not args.no_progress,
                                    face_model=args.face_model, detect_max_side=args.detect_max_side,
-                                   should_stop=lambda: stopped["flag"])
+                                   retry_skipped=args.retry_skipped, should_stop=lambda: stopped["flag"])
     except CacheWriteError as exc:  # a full disk, or WorkerDiedError (a worker died twice)
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -17,7 +17,7 @@ from common.datasets import VideoRecord
 from common.errors import UserError
 from common.extract import main
 from common.extraction import WorkerDiedError, build_face_cache, video_crops
-from common.face_cache import FaceCache, shard_of, video_key
+from common.face_cache import FaceCache, file_stamp, shard_of, video_key
 from common.faces import (NoDetector, YuNetDetector, crop_box, fill_near, is_flat, largest_face,
                           make_detector, square_box)
 from common.sample_data import face_video, make_celebdf, mouth_envelope, speech_audio, write_mp4
@@ -271,6 +271,15 @@ def test_cli_extracts_a_dataset_and_rejects_bad_flags(tmp_path, capsys):
     key_dir = out / "celebdf_s32_n2_t2_yunet_clahe"  # Celeb-DF trains on CLAHE crops
     assert len(list(key_dir.glob("*.json"))) >= 6 and "extracted" in capsys.readouterr().out
     assert main(args) == 0 and " 0 extracted" in capsys.readouterr().out
+    # A video the cache once marked skipped stays skipped, until --retry-skipped.
+    meta = sorted(key_dir.glob("Celeb-real__*.json"))[0]
+    video = root / json.loads(meta.read_text())["rel"]
+    meta.unlink()
+    meta.with_suffix(".skip.json").write_text(json.dumps(
+        {"reason": "no_face", "detail": "by hand", "stamp": file_stamp(str(video))}))
+    assert main(args) == 0 and "skipped: no_face 1" in capsys.readouterr().out and not meta.exists()
+    assert main(args + ["--retry-skipped"]) == 0 and " 1 extracted" in capsys.readouterr().out
+    assert meta.exists() and not meta.with_suffix(".skip.json").exists()
     for bad in (["--shard", "2/2"], ["--shard", "x"], ["--face-model", "/nope/yunet.onnx"]):
         assert main(args + bad) == 2
         err = capsys.readouterr().err.strip()
