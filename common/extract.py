@@ -66,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--clip-len", type=int, default=DEFAULTS.clip_len)
     a("--face-detector", default=DEFAULTS.face_detector, choices=DETECTORS)
     a("--face-model", default=None, help="YuNet ONNX model (default: the per-user model cache)")
-    a("--detect-max-side", type=int, default=640, help="detect on frames downscaled to this long side")
     a("--workers", type=int, default=min(4, os.cpu_count() or 1),
       help="worker processes (0 = in this process)")
     a("--shard", default="0/1", help="I/N: this machine extracts shard I of N (videos split by source)")
@@ -104,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           _preprocessing(args.preprocessing, args.dataset))
         summary = build_face_cache(records, cache, workers=args.workers, shard=shard,
                                    decode_audio=not args.no_audio, progress=not args.no_progress,
-                                   face_model=args.face_model, detect_max_side=args.detect_max_side,
+                                   face_model=args.face_model,
                                    retry_skipped=args.retry_skipped, should_stop=lambda: stopped["flag"])
     except CacheWriteError as exc:  # a full disk, or WorkerDiedError (a worker died twice)
         print(f"error: {exc}", file=sys.stderr)
