@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.faces import crop_box, detect_size, fill_near, is_flat, largest_face, square_box
+from common.faces import (Box, box_iou, crop_box, detect_size, fill_near, is_flat, largest_face,
+                          square_box)
 from common.video import RegionConverter, iter_decoded, luma
 from common.views import context_box, native_box, run_length
 
@@ -84,57 +85,124 @@ class Cropper:
         return crop_box(part, (x0 - sx0, y0 - sy0, x1 - sx0, y1 - sy0), self.size)
 
 
+def key_points(times_s: Sequence[float], max_gap_s: float, max_stride: int) -> list[int]:
+    """The sample points a detector runs on: every s-th point and the last, s the largest
+    stride <= max_stride that leaves every point in between within max_gap_s of a key point
+    (s // 2 spacings away at most). Points are evenly spaced in time (sample_points)."""
+    n = len(times_s)
+    gaps = [b - a for a, b in zip(times_s, times_s[1:])]
+    spacing = max(gaps) if gaps else 0.0
+    stride = max(1, max_stride)
+    while stride > 1 and (stride // 2) * spacing > max_gap_s + 1e-9:
+        stride -= 1
+    return sorted(set(range(0, n, stride)) | {n - 1})
+
+
+def _between(a: Box, b: Box, w: float) -> Box:
+    """The square box a fraction w of the way from a to b (centre and side interpolated)."""
+    side = (1 - w) * (a[2] - a[0]) + w * (b[2] - b[0])
+    cx = (1 - w) * (a[0] + a[2]) / 2.0 + w * (b[0] + b[2]) / 2.0
+    cy = (1 - w) * (a[1] + a[3]) / 2.0 + w * (b[1] + b[3]) / 2.0
+    side_i = max(2, int(round(side)))
+    left, top = int(round(cx - side_i / 2.0)), int(round(cy - side_i / 2.0))
+    return (left, top, left + side_i, top + side_i)
+
+
 def detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, detector,
-                    views: Sequence[str] = ("face",), max_gap_s: float = 0.5):
-    """One streaming pass: the box of run i is detected on its centre frame; frames are cropped
-    (every view, from the same decoded frame; a single-frame view only at the run's centre,
-    views.run_length) as soon as their box is known. Runs without a
-    face of their own are re-read at the end with a box from max_gap_s or nearer, else
-    dropped. -> ({view: crops [N,...]}, face boxes, {view: boxes}, detected, frame indices
+                    views: Sequence[str] = ("face",), max_gap_s: float = 0.5,
+                    max_stride: int = 1, agree_iou: float = 1.0):
+    """One streaming pass. Run i's box comes from its centre frame: detected there at the key
+    points (key_points), and at a point between two key points interpolated in time from
+    theirs when both found a face and their boxes agree (IoU >= agree_iou), else detected on
+    its own centre frame too. A box whose centre crop is flat is no face. Frames are cropped
+    (every view from the same decoded frame; a single-frame view only at the run's centre,
+    views.run_length) as soon as their run's box is known; until then they are held.
+    Runs without a face of their own are re-read at the end with a box from max_gap_s or
+    nearer, else dropped. -> ({view: crops [N,...]}, face boxes, {view: boxes} per run,
+    box source per run ("detected" | "interpolated" | "borrowed" | None), frame indices
     that did not decode)."""
     n, t = len(runs), len(runs[0])
+    c = t // 2
+    times = [run[c] / max(fps, 1e-6) for run in runs]
+    keys = key_points(times, max_gap_s, max_stride)
+    next_key = {k: b for k, b in zip(keys, keys[1:])}
     whole = {v: run_length(v, t) == t for v in views}  # else the centre frame alone
     crops = {v: np.zeros((n, t if whole[v] else 1, size, size, 3), dtype=np.uint8) for v in views}
     boxes: list = [None] * n
     cut: list = [None] * n  # run i's box per view
-    tried = [False] * n
+    source: list = [None] * n
+    settled = [False] * n
     cropper = Cropper(detector, size)
     where: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for i, run in enumerate(runs):
         for j, idx in enumerate(run):
             where[idx].append((i, j))
+    held: dict[int, dict[int, Any]] = defaultdict(dict)  # frames of runs not settled yet
+    centre_crop: dict[int, np.ndarray] = {}  # the face crop the flat check made: stored as is
 
     def put(i: int, j: int, frame) -> None:
-        wanted = {v: b for v, b in cut[i].items() if whole[v] or j == t // 2}
+        wanted = {v: b for v, b in cut[i].items() if whole[v] or j == c}
+        made = centre_crop.pop(i, None) if j == c else None
+        if made is not None and "face" in wanted:
+            crops["face"][i, c] = made
+            del wanted["face"]
         for view, crop in cropper.crop_views(frame, wanted).items():
             crops[view][i, j if whole[view] else 0] = crop
 
-    waiting: dict[int, dict[int, Any]] = defaultdict(dict)  # frames before the centre
+    def face_in(i: int, frame, box):
+        """box, unless its crop of the frame is flat (a uniform patch is not a face)."""
+        if box is None:
+            return None
+        crop = cropper.crop(frame, box)
+        if is_flat(crop):
+            return None
+        centre_crop[i] = crop
+        return box
+
+    def settle(i: int, box, how: str) -> None:
+        settled[i] = True
+        frames = held.pop(i, {})
+        if box is None:
+            return
+        boxes[i], source[i] = box, how
+        cut[i] = cropper.view_boxes(frames[c], box, views)
+        for j, f in frames.items():
+            put(i, j, f)
+
+    def settle_between(a: int, b: int) -> None:
+        """The points between key points a and b: interpolated, or detected on their own."""
+        for i in range(a + 1, b):
+            frame = held[i][c]
+            near = min(times[i] - times[a], times[b] - times[i]) <= max_gap_s + 1e-9
+            box = None
+            if near and boxes[a] is not None and boxes[b] is not None \
+                    and box_iou(boxes[a], boxes[b]) >= agree_iou:
+                w = (times[i] - times[a]) / max(times[b] - times[a], 1e-9)
+                box = face_in(i, frame, _between(boxes[a], boxes[b], w))
+            if box is not None:
+                settle(i, box, "interpolated")
+            else:
+                settle(i, face_in(i, frame, cropper.box(frame)), "detected")
+
+    previous_key = {b: a for a, b in next_key.items()}
+    key_set = set(keys)
     seen: set[int] = set()
     for idx, frame in iter_decoded(path, where.keys()):
         seen.add(idx)
         for i, j in where[idx]:
-            if not tried[i] and idx == runs[i][t // 2]:
-                tried[i] = True
-                box = cropper.box(frame)
-                if box is not None:
-                    centre = cropper.crop(frame, box)
-                    box = None if is_flat(centre) else box  # a uniform patch is not a face
-                boxes[i] = box
-                if box is not None:
-                    cut[i] = cropper.view_boxes(frame, box, views)
-                for jj, f in waiting.pop(i, {}).items():
-                    if box is not None:
-                        put(i, jj, f)
-            if boxes[i] is not None:
+            if not settled[i]:
+                held[i][j] = frame
+            elif boxes[i] is not None:
                 put(i, j, frame)
-            elif not tried[i]:
-                waiting[i][j] = frame
+        for i, j in where[idx]:  # every run's frame is registered before any run settles
+            if j == c and i in key_set and not settled[i]:
+                settle(i, face_in(i, frame, cropper.box(frame)), "detected")
+                if i in previous_key:
+                    settle_between(previous_key[i], i)
     missing = set(where) - seen
-    detected = [b is not None for b in boxes]
     if missing:
-        return crops, boxes, cut, detected, missing
-    filled = fill_near(boxes, [run[t // 2] / max(fps, 1e-6) for run in runs], max_gap_s)
+        return crops, boxes, cut, list(source), missing
+    filled = fill_near(boxes, times, max_gap_s)
     redo = [i for i in range(n) if boxes[i] is None and filled[i] is not None]
     if redo:
         todo = {idx for i in redo for idx in runs[i]}
@@ -143,5 +211,6 @@ def detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, det
                 if i in redo:
                     if cut[i] is None:
                         cut[i] = cropper.view_boxes(frame, filled[i], views)
+                        source[i] = "borrowed"
                     put(i, j, frame)
-    return crops, filled, cut, detected, set()
+    return crops, filled, cut, source, set()

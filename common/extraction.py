@@ -6,7 +6,8 @@ from one decode and one set of face boxes), with the settings recorded
 in the cache entry and in the checkpoint. Every video is detected on its own frames, fakes
 included. A sample point without a face of its own borrows the box of the nearest point
 with one only when that point is at most MAX_GAP_S away; otherwise it is dropped. A video
-with fewer than half its points usable is skipped (few_faces).
+with fewer than half its points usable is skipped (few_faces). Between two detected points
+whose faces agree, the points in between take an interpolated box (DETECT_STRIDE).
 
 The command line (`python -m common.extract`) is common/extract.py.
 """
@@ -34,6 +35,12 @@ from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
 
 MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
 MIN_USABLE = 0.5       # share of sample points that must show a face
+# Detection is most of extraction's cost beyond decoding. The detector runs on every
+# DETECT_STRIDE-th sample point (fewer when points are far apart: crops.key_points keeps each
+# point within MAX_GAP_S of a detected one); a point in between takes the box interpolated
+# from its two neighbours when their boxes agree (IoU >= AGREE_IOU), else it is detected too.
+DETECT_STRIDE = 3
+AGREE_IOU = 0.7
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +53,8 @@ def face_settings(detector) -> dict:
     return {"detector": detector.name, "max_side": getattr(detector, "max_side", None),
             "score_threshold": getattr(detector, "score_threshold", None),
             "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE,
-            "context_scale": CONTEXT_SCALE, "native_grid": GRID}
+            "context_scale": CONTEXT_SCALE, "native_grid": GRID,
+            "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU}
 
 
 def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640,
@@ -58,7 +66,7 @@ def recorded_face_settings(detector: str, face_model: Any = None, max_side: int 
             "score_threshold": YUNET_SCORE if detector == "yunet" else None,
             "box_scale": 1.0 if detector == "none" else BOX_SCALE, "max_gap_s": MAX_GAP_S,
             "min_usable": MIN_USABLE, "context_scale": CONTEXT_SCALE, "native_grid": GRID,
-            "view": check_view(view)}
+            "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU, "view": check_view(view)}
 
 
 # ----------------------------------------------------------------------------- one video
@@ -76,8 +84,8 @@ def video_views(path: str, frames_per_video: int, clip_len: int, crop_size: int,
     n_frames = info.n_frames
     for attempt in range(2):
         runs = sample_points(n_frames, frames_per_video, clip_len)
-        crops, boxes, cut, detected, missing = detect_and_crop(path, runs, info.fps, crop_size,
-                                                               detector, views, MAX_GAP_S)
+        crops, boxes, cut, source, missing = detect_and_crop(
+            path, runs, info.fps, crop_size, detector, views, MAX_GAP_S, DETECT_STRIDE, AGREE_IOU)
         if not missing:
             break
         # The header promised more frames than decode (truncated or lying container).
@@ -87,17 +95,20 @@ def video_views(path: str, frames_per_video: int, clip_len: int, crop_size: int,
         log.info("%s: header says %d frames, %d decode; resampling", path, n_frames, real)
         n_frames = real
     kept = [i for i, b in enumerate(boxes) if b is not None]
-    if not any(detected):
+    if "detected" not in source:
         raise NoFaceError("no face found in any sampled frame", "no_face")
     if len(kept) < MIN_USABLE * len(runs):
         raise NoFaceError(f"a face in only {len(kept)} of {len(runs)} sample points", "few_faces")
     meta = {"frame_indices": [[int(v) for v in runs[i]] for i in kept],
             "boxes": [[int(v) for v in boxes[i]] for i in kept],
-            "detected": [bool(detected[i]) for i in kept], "points": len(runs), "kept": kept,
+            "detected": [source[i] == "detected" for i in kept],
+            "box_source": [source[i] for i in kept], "points": len(runs), "kept": kept,
             "fps": info.fps, "n_frames": int(n_frames), "width": info.width,
             "height": info.height, "duration_s": info.duration_s, "faces": face_settings(detector),
             "views": list(views),
             "view_boxes": {v: [[int(x) for x in cut[i][v]] for i in kept] for v in views}}
+    if len(kept) == len(runs):  # the usual case: no copy of the whole crop array
+        return crops, meta
     return {v: np.ascontiguousarray(crops[v][kept]) for v in views}, meta
 
 

@@ -38,7 +38,8 @@ from common.errors import UserError
 from common.recipes import DEFAULTS
 from common.views import STORED_VIEWS, check_view, run_length
 
-CACHE_VERSION = 2  # 2: own detections only, points without a face dropped (K <= N runs)
+CACHE_VERSION = 3  # 2: own detections only, points without a face dropped (K <= N runs);
+#                    3: boxes interpolated between agreeing detections (DETECT_STRIDE)
 AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
 
 

@@ -220,6 +220,15 @@ def face_box(frame: np.ndarray, detector) -> Box | None:
     return None if face is None else square_box(face, detector.box_scale)
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def fill_near(boxes: Sequence[Box | None], times_s: Sequence[float],
               max_gap_s: float = 0.5) -> list[Box | None]:
     """Each None replaced by the box found nearest in time, when it is at most max_gap_s

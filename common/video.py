@@ -7,11 +7,13 @@ but never converted; long gaps are jumped with a seek to the keyframe before the
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import av
+import cv2
 import numpy as np
 
 from common.errors import UserError
@@ -237,6 +239,30 @@ def luma(frame: av.VideoFrame) -> np.ndarray | None:
     return _plane(frame.planes[0])
 
 
+# Kr, Kb of the colour matrix swscale applies to a frame, by its colorspace (AVColorSpace:
+# 1 BT.709; 2 unspecified, 5 BT.470BG, 6 SMPTE 170M: BT.601; 9 BT.2020). Others: swscale.
+_KR_KB = {1: (0.2126, 0.0722), 2: (0.299, 0.114), 5: (0.299, 0.114), 6: (0.299, 0.114),
+          9: (0.2627, 0.0593)}
+
+
+@functools.lru_cache(maxsize=None)
+def _yuv_matrix(kr: float, kb: float, full_range: bool) -> np.ndarray:
+    """3x4 affine matrix (cv2.transform) from 8-bit Y, Cb, Cr to R, G, B."""
+    kg = 1.0 - kr - kb
+    ys, cs, y0 = (1.0, 1.0, 0.0) if full_range else (255 / 219, 255 / 224, 16.0)
+    m = np.array([[ys, 0.0, 2 * (1 - kr) * cs],
+                  [ys, -2 * kb * (1 - kb) / kg * cs, -2 * kr * (1 - kr) / kg * cs],
+                  [ys, 2 * (1 - kb) * cs, 0.0]])
+    return np.hstack([m, (-m @ np.array([y0, 128.0, 128.0]))[:, None]]).astype(np.float32)
+
+
+def rgb_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The YUV -> RGB matrix swscale uses for this frame (its colour space and range: to
+    within one level), or None for a colour space it is not known for."""
+    k = _KR_KB.get(int(frame.colorspace))
+    return None if k is None else _yuv_matrix(*k, int(frame.color_range) == 2)
+
+
 class RegionConverter:
     """RGB of one rectangle of a decoded frame, converted (and scaled) alone.
 
@@ -296,9 +322,16 @@ class RegionConverter:
         blocks = self._blocks(frame, x0, y0, x1, y1)
         if blocks is None:
             return None
-        out = self._reformatter.reformat(self._part(frame, *blocks), width=width, height=height,
-                                         format="rgb24", interpolation="AREA")
-        return out.to_ndarray()
+        part = self._part(frame, *blocks)
+        matrix = rgb_matrix(frame)
+        if matrix is None:
+            return self._reformatter.reformat(part, width=width, height=height, format="rgb24",
+                                              interpolation="AREA").to_ndarray()
+        # Scaled in YUV, then one SIMD matrix pass: half the time of swscale's rgb24 output.
+        yuv = self._reformatter.reformat(part, width=width, height=height, format="yuv444p",
+                                         interpolation="AREA", src_color_range=frame.color_range,
+                                         dst_color_range=frame.color_range)
+        return cv2.transform(cv2.merge([_plane(p) for p in yuv.planes]), matrix)
 
 
 def count_frames(path: str | os.PathLike) -> int:

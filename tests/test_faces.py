@@ -74,7 +74,8 @@ def test_cache_builds_complete_entries(data, tmp_path):
     assert all(r == list(range(r[0], r[0] + T)) for r in runs)
     assert (meta["n_frames"], meta["width"], meta["height"]) == (N_FRAMES, 160, 120)
     assert meta["fps"] == pytest.approx(25.0) and meta["boxes_from"] is None
-    assert all(meta["detected"]) and meta["kept"] == list(range(N)) and meta["points"] == N
+    assert set(meta["box_source"]) <= {"detected", "interpolated"} and meta["detected"][0]
+    assert meta["kept"] == list(range(N)) and meta["points"] == N
     assert meta["faces"]["detector"] == "yunet" and meta["faces"]["max_gap_s"] == 0.5
     assert meta["audio"]["present"] is False
 
@@ -116,7 +117,7 @@ def test_fake_is_detected_on_its_own_frames_and_a_grey_fake_is_no_face(data, tmp
     s = build_face_cache(data["records"][:2] + [grey_rec], cache, workers=0, progress=False)
     assert s["done"] == 2 and s["skipped"] == {"no_face": 1}
     crops, fake = cache.entry("vids/fake_a.mp4")
-    assert fake["boxes_from"] is None and all(fake["detected"])
+    assert fake["boxes_from"] is None and "borrowed" not in fake["box_source"] and fake["detected"][0]
     # the fake's crops equal video_crops of the fake file alone: what predict computes
     alone, meta = video_crops(data["records"][0].path, N, T, S, make_detector("yunet"))
     np.testing.assert_array_equal(np.asarray(crops), alone)

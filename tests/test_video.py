@@ -7,6 +7,7 @@ import sys
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -224,3 +225,37 @@ def test_a_region_of_any_planar_yuv_frame_converts_alone(fmt):
         assert conv._blocks(frame, *box) is not None  # the fast path, not the fallback
         got = conv.rgb(frame, *box)
         np.testing.assert_array_equal(got, full[box[1]:box[3], box[0]:box[2]])
+
+
+def _smooth_frame(fmt, colorspace, color_range, w=160, h=120):
+    """A frame of smooth colour ramps (what faces are), tagged with a colour space and range."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    rgb = np.dstack([40 + xx * 1.2, 30 + yy * 1.5, 200 - xx * 0.6 - yy * 0.4]).clip(0, 255)
+    frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24").reformat(format=fmt)
+    frame.colorspace, frame.color_range = colorspace, color_range
+    return frame
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "yuv444p"])
+@pytest.mark.parametrize("colorspace, color_range", [
+    (2, 0), (2, 1), (2, 2), (1, 1), (1, 2), (5, 1), (6, 1), (9, 1), (4, 1)])  # 4 FCC: swscale's path
+def test_scaled_crops_have_the_colours_swscale_gives_the_frame(fmt, colorspace, color_range):
+    """resized() scales in YUV and applies the frame's own matrix (BT.601/709/2020, limited
+    or full range): the colours of the whole frame's RGB conversion, resized."""
+    frame = _smooth_frame(fmt, colorspace, color_range)
+    full = frame.to_ndarray(format="rgb24")
+    assert (video.rgb_matrix(frame) is None) == (colorspace == 4)
+    conv = video.RegionConverter()
+    for box, size in [((20, 10, 120, 110), 64), ((0, 0, 120, 120), 120), ((40, 20, 72, 52), 48)]:
+        x0, y0, x1, y1 = box
+        got = conv.resized(frame, *box, size, size)
+        assert got.shape == (size, size, 3) and got.dtype == np.uint8
+        want = cv2.resize(full[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
+        diff = np.abs(got.astype(int) - want)  # 4:2:0: chroma is resampled, not copied
+        mean, most = (2.0, 6) if fmt == "yuv420p" else (0.6, 3)
+        assert diff.mean() < mean and diff[4:-4, 4:-4].max() <= most, (box, diff.mean(), diff.max())
+    # a wrong matrix would be far off: BT.709 read as BT.601 shifts these colours by > 5 levels
+    if colorspace == 1:
+        frame.colorspace = 2
+        assert np.abs(conv.resized(frame, 20, 10, 120, 110, 64, 64).astype(int)
+                      - cv2.resize(full[10:110, 20:120], (64, 64), interpolation=cv2.INTER_AREA)).max() > 5
