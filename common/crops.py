@@ -34,10 +34,12 @@ class Cropper:
 
     def box(self, frame):
         if self.small:
-            w, h, scale = detect_size(frame.width, frame.height, self.detector.max_side)
-            bgr = self._shrink.reformat(frame, width=w, height=h, format="bgr24",
-                                        interpolation="AREA").to_ndarray()
-            face = largest_face(self.detector.detect_small(bgr, scale))
+            def shrink(side: int) -> tuple[np.ndarray, float]:
+                w, h, scale = detect_size(frame.width, frame.height, side)
+                return self._shrink.reformat(frame, width=w, height=h, format="bgr24",
+                                             interpolation="AREA").to_ndarray(), scale
+
+            face = largest_face(self.detector.find(shrink))
         else:
             image = luma(frame) if self.gray else None
             face = largest_face(self.detector.detect(

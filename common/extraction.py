@@ -29,8 +29,8 @@ from common.crops import detect_and_crop
 from common.errors import UserError
 from common.face_cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
                                file_stamp, shard_of, write_file, write_json)
-from common.faces import BOX_SCALE, YUNET_SCORE, make_detector
-from common.video import BadVideoError, count_frames, probe, sample_points
+from common.faces import BOX_SCALE, COARSE_SIDE, MIN_COARSE_FACE, YUNET_SCORE, make_detector
+from common.video import BadVideoError, count_frames, probe, sample_points, single_threaded_decoding
 from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
 
 MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
@@ -54,19 +54,24 @@ def face_settings(detector) -> dict:
             "score_threshold": getattr(detector, "score_threshold", None),
             "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE,
             "context_scale": CONTEXT_SCALE, "native_grid": GRID,
-            "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU}
+            "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU,
+            "coarse_side": getattr(detector, "coarse_side", None),
+            "min_coarse_face": MIN_COARSE_FACE if getattr(detector, "coarse_side", None) else None}
 
 
 def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640,
                            view: str = "face") -> dict:
     """face_settings() without loading a detector, plus the view the model was trained on:
     the checkpoint's "faces" record (predict serves each student the view recorded here)."""
+    coarse = COARSE_SIDE if detector == "yunet" and (not max_side or COARSE_SIDE < max_side) else None
     return {"detector": detector, "face_model": None if face_model in (None, "None") else str(face_model),
             "max_side": max_side if detector != "none" else None,
             "score_threshold": YUNET_SCORE if detector == "yunet" else None,
             "box_scale": 1.0 if detector == "none" else BOX_SCALE, "max_gap_s": MAX_GAP_S,
             "min_usable": MIN_USABLE, "context_scale": CONTEXT_SCALE, "native_grid": GRID,
-            "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU, "view": check_view(view)}
+            "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU,
+            "coarse_side": coarse, "min_coarse_face": MIN_COARSE_FACE if coarse else None,
+            "view": check_view(view)}
 
 
 # ----------------------------------------------------------------------------- one video
@@ -200,7 +205,8 @@ def _detector(name: str, model_path: str | None, max_side: int):
 def _init_worker() -> None:
     import cv2
 
-    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    cv2.setNumThreads(1)  # one process per core already; more threads would oversubscribe
+    single_threaded_decoding()
     # Ctrl-C reaches the whole process group: the main process decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

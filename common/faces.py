@@ -17,7 +17,7 @@ import logging
 import os
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +28,12 @@ from common.recipes import DEFAULTS
 DETECTORS = ("yunet", "haar", "none")
 BOX_SCALE = 1.3  # the crop is this much larger than the detected face, around its centre
 YUNET_SCORE = 0.6  # YuNet's confidence threshold
+# YuNet looks at COARSE_SIDE first (a quarter of the pixels of max_side 640) and stops there
+# when the largest face's shorter side is at least MIN_COARSE_FACE px at that scale: on the
+# FF++ reals such boxes overlap the 640 ones at IoU 0.92 on average (min 0.82), as much as
+# the detector's own boxes on consecutive sample points do. Smaller faces: max_side.
+COARSE_SIDE = 320
+MIN_COARSE_FACE = 32
 Box = tuple[int, int, int, int]
 
 # The official YuNet release (OpenCV Zoo, MIT licence), fetched once into the model cache.
@@ -137,14 +143,15 @@ class HaarDetector:
 
 
 class YuNetDetector:
-    """cv2.FaceDetectorYN (YuNet) on a frame downscaled to max_side."""
+    """cv2.FaceDetectorYN (YuNet) on a frame downscaled to coarse_side, then, unless the face
+    is large enough there, to max_side (find)."""
 
     name = "yunet"
     box_scale = BOX_SCALE
-    takes_bgr_small = True  # detect_small() takes a BGR frame already downscaled by the decoder
+    takes_bgr_small = True  # find() takes BGR frames already downscaled by the decoder
 
     def __init__(self, model_path: str | os.PathLike | None = None, max_side: int = 640,
-                 score_threshold: float = YUNET_SCORE):
+                 score_threshold: float = YUNET_SCORE, coarse_side: int = COARSE_SIDE):
         path = resolve_yunet_model(model_path)
         try:
             self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320),
@@ -153,7 +160,22 @@ class YuNetDetector:
             msg = " ".join(str(exc).split())[-200:]
             raise UserError(f"{path}: not a usable YuNet model ({msg})") from None
         self.model_path, self.max_side, self.score_threshold = str(path), max_side, score_threshold
+        self.coarse_side = coarse_side if coarse_side and (not max_side or coarse_side < max_side) else None
         self._size = (0, 0)
+
+    def find(self, shrink: Callable[[int], tuple[np.ndarray, float]]) -> list[tuple[float, ...]]:
+        """Faces, coarse to fine. shrink(side) gives the frame in BGR with its long side <=
+        side (0: full size) and the scale used; coarse_side is tried first, and kept when
+        its largest face is MIN_COARSE_FACE px or more there (or the frame is no larger)."""
+        dets: list = []
+        for side in ((self.coarse_side, self.max_side) if self.coarse_side else (self.max_side,)):
+            bgr, scale = shrink(side)
+            dets = self.detect_small(bgr, scale)
+            face = largest_face(dets)
+            if scale >= 1.0 or (face is not None and
+                                min(face[2] - face[0], face[3] - face[1]) * scale >= MIN_COARSE_FACE):
+                break
+        return dets
 
     def detect_small(self, bgr: np.ndarray, scale: float) -> list[tuple[float, float, float, float, float]]:
         """Faces in a BGR frame that was shrunk by `scale`, in full-frame coordinates."""
@@ -168,9 +190,12 @@ class YuNetDetector:
                  float(f[-1])) for f in np.asarray(faces).tolist()]
 
     def detect(self, frame: np.ndarray) -> list[tuple[float, float, float, float, float]]:
-        """Faces in an RGB frame (any size)."""
-        small, scale = _downscale(frame, self.max_side)
-        return self.detect_small(cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2BGR), scale)
+        """Faces in an RGB frame (any size), coarse to fine (find)."""
+        def shrink(side: int) -> tuple[np.ndarray, float]:
+            small, scale = _downscale(frame, side)
+            return cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2BGR), scale
+
+        return self.find(shrink)
 
 
 class NoDetector:

@@ -25,6 +25,20 @@ SEEK_GAP_S = 2.0
 MAX_SIDE = 8192
 MAX_DURATION_S = 2 * 3600.0
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
+# FFmpeg's decoder threads: "AUTO" (frame and slice threads) cuts one video's latency, but
+# costs about a quarter more CPU in all; an extraction worker (one process per core) sets
+# "NONE" with single_threaded_decoding().
+_THREAD_TYPE = ["AUTO"]
+
+
+def single_threaded_decoding() -> None:
+    """Decode on the calling thread only, from now on in this process (pool workers)."""
+    _THREAD_TYPE[0] = "NONE"
+
+
+def decode_thread_type() -> str:
+    """The FFmpeg thread type this process decodes with: "AUTO" or "NONE"."""
+    return _THREAD_TYPE[0]
 
 
 class BadVideoError(UserError):
@@ -161,7 +175,7 @@ def iter_decoded(path: str | os.PathLike,
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = _THREAD_TYPE[0]
         fps = _rate(stream)
         time_base = stream.time_base
         start_pts = stream.start_time or 0
@@ -340,7 +354,7 @@ def count_frames(path: str | os.PathLike) -> int:
     n = 0
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = _THREAD_TYPE[0]
         for _ in container.decode(stream):
             n += 1
     except _DECODE_ERRORS:

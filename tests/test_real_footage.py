@@ -6,6 +6,7 @@ programme) must be dropped, not filled with a box from seconds away.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -87,3 +88,42 @@ def test_sigterm_ends_a_pooled_extraction_within_seconds(tmp_path):
     assert proc.returncode == 3 and "stopped early" in out, (out, err)
     entries = list(tmp_path.rglob("*.json"))
     assert len([p for p in entries if not p.name.endswith(".skip.json")]) < 6
+
+
+def test_yunet_stops_at_the_coarse_pass_only_for_faces_large_enough_there(yunet):
+    """Coarse to fine: a presenter's face is found at 320 px in one pass, boxed as the 640 px
+    pass boxes it; the same face shrunk into a wide frame needs, and gets, the 640 px pass."""
+    from common.extraction import face_settings, recorded_face_settings
+    from common.faces import COARSE_SIDE, MIN_COARSE_FACE, YuNetDetector, box_iou
+    from common.video import read_frames
+
+    src = REAL / "ffpp/original_sequences/youtube/c23/videos/519.mp4"
+    frame = read_frames(src, [40])[40]  # 640x480, the presenter
+    fine_only = YuNetDetector(coarse_side=0)
+    assert fine_only.coarse_side is None and yunet.coarse_side == COARSE_SIDE
+
+    def passes(det, image):
+        sizes = []
+        real = det.detect_small
+        det.detect_small = lambda bgr, scale: sizes.append(bgr.shape[:2]) or real(bgr, scale)
+        try:
+            return largest_face(det.detect(image)), sizes
+        finally:
+            del det.detect_small
+
+    face, sizes = passes(yunet, frame)
+    want, _ = passes(fine_only, frame)
+    assert sizes == [(240, 320)] and box_iou(face, want) > 0.8
+    assert min(face[2] - face[0], face[3] - face[1]) * 0.5 >= MIN_COARSE_FACE
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(40, 120, (720, 1280, 3), dtype=np.uint8)
+    wide[300:460, 500:713] = cv2.resize(frame, (213, 160), interpolation=cv2.INTER_AREA)
+    face, sizes = passes(yunet, wide)
+    want, _ = passes(fine_only, wide)
+    assert sizes == [(180, 320), (360, 640)] and face == want  # the 640 pass decides
+    assert face is not None and 500 < (face[0] + face[2]) / 2 < 713
+
+    got, rec = face_settings(yunet), recorded_face_settings("yunet")
+    assert (got["coarse_side"], got["min_coarse_face"]) == (COARSE_SIDE, MIN_COARSE_FACE)
+    assert {k: rec[k] for k in got} == got  # what a checkpoint records is what extraction used

@@ -14,6 +14,8 @@ Per video and round, side by side, order rotating:
                  context and native views is extract_yunet / face_only
   naive          decode every frame, convert it to RGB, Haar on the full-resolution frame,
                  crop; timed on the first --naive-frames frames and scaled to the whole video
+Both decode with the same decoder threads: none, as the extraction pool's workers (one
+process per core) do, or auto (--decode-threads), as one process alone does.
 Targets: extract_yunet <= 2x decode in CPU time; naive >= 5x extract_yunet.
 Inputs: --video files, else common.sample_data face videos made once under --video-dir.
 """
@@ -36,12 +38,14 @@ DFDC_VIDEOS = 120_000
 
 
 def decode_all(path: str) -> int:
-    """The floor: demux and decode every frame (threads as common.video uses them)."""
+    """The floor: demux and decode every frame (decoder threads as common.video uses them)."""
     import av
+
+    from common import video
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = video.decode_thread_type()
         return sum(1 for _ in container.decode(stream))
 
 
@@ -49,12 +53,13 @@ def naive(path: str, n_first: int, detector, size: int) -> int:
     """Decode, convert to RGB and detect on every frame at full resolution, crop the face."""
     import av
 
+    from common import video
     from common.faces import crop_box, face_box
 
     done = 0
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = video.decode_thread_type()
         for frame in container.decode(stream):
             rgb = frame.to_ndarray(format="rgb24")
             box = face_box(rgb, detector)
@@ -109,9 +114,11 @@ def run(args) -> dict:
     from common.extraction import extract_video
     from common.face_cache import FaceCache
     from common.faces import HaarDetector, make_detector
-    from common.video import probe
+    from common.video import probe, single_threaded_decoding
 
     cv2.setNumThreads(args.cv2_threads)  # the extraction workers run with one OpenCV thread
+    if args.decode_threads == "none":  # as the pool's workers decode
+        single_threaded_decoding()
     videos = [Path(v) for v in args.video] or [
         S.ensure_video(args.video_dir, i, args.width, args.height, args.seconds, args.fps,
                        args.face_px) for i in range(args.videos)]
@@ -182,7 +189,7 @@ def run(args) -> dict:
                    f"{args.width}x{args.height} H.264 yuv420p, {args.seconds:g} s at "
                    f"{args.fps:g} fps, a face in frame"),
             audio="off (video path only)", rounds=args.rounds, naive_frames=args.naive_frames,
-            cv2_threads_set=args.cv2_threads, pyav_threads="AUTO",
+            cv2_threads_set=args.cv2_threads, decoder_threads=args.decode_threads,
             notes="ratios: median over rounds of paired (same-round) ratios; *_cpu: CPU time of "
                   "the process (all threads); videos_per_hour_per_core = 3600 / CPU seconds "
                   "per video; every video is detected on its own frames (no box reuse "
@@ -212,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--naive-frames", type=int, default=6,
                     help="frames the naive pipeline is timed on (then scaled to the video)")
     ap.add_argument("--cv2-threads", type=int, default=1)
+    ap.add_argument("--decode-threads", choices=("none", "auto"), default="none",
+                    help="FFmpeg decoder threads, for the floor and the extraction alike: none "
+                         "as the extraction pool's workers decode, auto as one process alone")
     ap.add_argument("--no-breakdown", action="store_true")
     return ap
 
