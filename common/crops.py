@@ -1,8 +1,10 @@
 """Cropping decoded frames: the face box of a frame and every view's crop of it, in one pass.
 
 One streaming pass over the sampled frames (detect_and_crop) gives every view of every run
-from the same decoded frame and the same face box (common/views.py); the sampling rules
-around it (which runs keep a face, how long a gap may be bridged) are common/extraction.py's.
+from the same decoded frame and the same face box (common/views.py). The detector runs at
+key points (key_points); the runs between two key points whose boxes agree take a box
+interpolated in time, the others are detected too. The sampling rules around it (which runs
+keep a face, how long a gap may be bridged, the stride) are common/extraction.py's.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from common.views import context_box, native_box, run_length
 
 class Cropper:
     """Face boxes and crops straight from decoded frames. Only what is kept is converted to
-    RGB: the crop's rectangle, not the whole frame. YuNet gets a BGR frame the decoder has
-    already shrunk (one swscale pass), Haar the luma plane as it is."""
+    RGB: the crop's rectangle, not the whole frame. YuNet gets BGR frames the decoder has
+    already shrunk (one swscale pass each, coarse then fine: YuNetDetector.find), Haar the
+    luma plane as it is."""
 
     def __init__(self, detector, size: int):
         self.detector, self.size = detector, size
