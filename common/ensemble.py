@@ -29,7 +29,7 @@ from common.faces import DETECTORS, make_detector
 from common.recipes import DEFAULTS
 from common.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
                              load_ensemble, load_student, make_cache, pick_device, score_videos,
-                             student_path)
+                             student_path, views_needed)
 from common.video import BadVideoError, probe
 
 
@@ -69,7 +69,7 @@ def predict_video(path: str, students: dict[str, Student], ens: dict, detector,
     rec = VideoRecord(path=str(Path(path).absolute()), rel=name, label=0, group=name,
                       split="test", has_audio=info.has_audio)
     with tempfile.TemporaryDirectory(prefix="ensemble-") as tmp:
-        cache = make_cache(tmp, "predict", settings)
+        cache = make_cache(tmp, "predict", settings, views_needed(students))  # crop no more
         cache.dir.mkdir(parents=True)
         meta = extract_video(rec, cache, detector)
         scores = {n: float(score_videos(st, [rec], cache, settings, device)[2][0])

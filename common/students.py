@@ -33,7 +33,7 @@ from common.model import CLIP_MODELS, MODEL_NAMES, StudentModel, student_from_op
 from common.preprocess import ClipTransform
 from common.recipes import DEFAULTS, RECIPES
 from common.samples import FaceSamples
-from common.views import recorded_view
+from common.views import VIEWS, recorded_view
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
 STUDENT_SUFFIX = "_model_student.pt"
@@ -158,9 +158,18 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def make_cache(root: str | Path, dataset: str, s: Settings) -> FaceCache:
+def make_cache(root: str | Path, dataset: str, s: Settings,
+               views: Sequence[str] | None = None) -> FaceCache:
+    """The face cache of these settings; every stored view unless `views` names fewer."""
+    extra = {} if views is None else {"views": tuple(views)}
     return FaceCache(root, dataset, crop_size=s.image_size, frames_per_video=s.frames_per_video,
-                     clip_len=s.clip_len, detector=s.detector)
+                     clip_len=s.clip_len, detector=s.detector, **extra)
+
+
+def views_needed(students: dict[str, Student]) -> tuple[str, ...]:
+    """The views these students read (in VIEWS order): what predict has to crop."""
+    wanted = {recorded_view(st.checkpoint) for st in students.values()}
+    return tuple(v for v in VIEWS if v in wanted)
 
 
 def score_videos(student: Student, records: Sequence, cache: FaceCache, settings: Settings,

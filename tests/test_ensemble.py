@@ -343,3 +343,19 @@ def test_fit_reads_the_checkpoints_list_and_refuses_students_without_one(fitted,
     code = ensemble.main(["fit", "--checkpoint-dir", str(ck), "--data", str(fitted["data"]),
                           "--cache-dir", str(fitted["cache_dir"]), *SMALL])
     assert code == 2 and "no student records its validation videos" in capsys.readouterr().err
+
+
+def test_predict_crops_only_the_views_its_students_read():
+    """A CM-only ensemble crops the native view alone (tests/test_face_path.py checks that its
+    scores still equal validation's); a student without a recorded view reads face crops."""
+    from types import SimpleNamespace
+
+    from common.students import views_needed
+
+    def st(view):
+        return SimpleNamespace(checkpoint={"faces": {"view": view}} if view else {})
+
+    assert views_needed({"cm": st("native")}) == ("native",)
+    assert views_needed({"bg": st("context"), "rr": st("face"), "ext": st(None)}) == ("face", "context")
+    assert views_needed({m: st(v) for m, v in [("bg", "context"), ("cm", "native"), ("tm", "face")]}) \
+        == ("face", "context", "native")
