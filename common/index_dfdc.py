@@ -1,0 +1,85 @@
+"""Index the DFDC training parts into `VideoRecord`s from each part's metadata.json; a real
+and all its fakes go to validation together, decided per chunk."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from common.dataset_layout import _DFDC_EXPECT, _check_root, _mp4s, _rel, detect_layout, part_dirs
+from common.errors import DatasetLayoutError
+from common.group_splits import _rank
+from common.video_records import IndexReport, VideoRecord, _finish
+
+
+def _read_dfdc_metadata(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        raise DatasetLayoutError(f"{path}: missing (every DFDC part has a metadata.json)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DatasetLayoutError(f"{path}: unreadable metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise DatasetLayoutError(f"{path}: expected one JSON object keyed by file name")
+    for name, entry in meta.items():
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if not isinstance(label, str) or label.upper() not in ("FAKE", "REAL"):
+            raise DatasetLayoutError(f"{path}: entry {name!r} has no label FAKE or REAL")
+    return meta
+
+
+def index_dfdc(root: str | Path, parts: Iterable[int] | None = None, val_fraction: float = 0.1,
+               seed: int = 0, report: IndexReport | None = None) -> list[VideoRecord]:
+    root = _check_root(root, [], _DFDC_EXPECT)
+    report = report if report is not None else IndexReport()
+    found = part_dirs(root)
+    if not found:
+        hint = " (this is one part: give its parent folder)" if (root / "metadata.json").is_file() \
+            else f" (it looks like a {detect_layout(root)} root)" if detect_layout(root) else ""
+        raise DatasetLayoutError(f"{root}: no dfdc_train_part_<k>/ folders here{hint}; {_DFDC_EXPECT}")
+    wanted = sorted(found) if parts is None else sorted(set(int(k) for k in parts))
+    absent = [k for k in wanted if k not in found]
+    if absent:
+        raise DatasetLayoutError(f"{root}: no dfdc_train_part_{absent[0]} (parts found: "
+                                 f"{', '.join(map(str, sorted(found)))})")
+    # (path, rel, label, group, original name, chunk)
+    items = []
+    for k in wanted:
+        folder = found[k]
+        meta = _read_dfdc_metadata(folder / "metadata.json")
+        files = {p.name: p for p in _mp4s(folder)}
+        for name in sorted(set(files) - set(meta)):
+            report.skip(files[name], "not listed in metadata.json")
+        for name, entry in sorted(meta.items()):
+            if name not in files:
+                # Kept as a record: extraction marks it `missing`, so it is named in
+                # skipped.txt and counts towards --max-bad-fraction like any unusable video.
+                report.skip(folder / name, "listed in metadata.json but missing on disk")
+            path = files.get(name, folder / name)
+            fake = entry["label"].upper() == "FAKE"
+            original = entry.get("original") if fake else None
+            original = original if isinstance(original, str) and original else None
+            items.append((path, _rel(path, root), int(fake), original or name, original, k))
+    rel_of = {p.name: rel for p, rel, *_ in items}
+    val_groups = _dfdc_val(items, val_fraction, seed)
+    records = [VideoRecord(str(p), rel, label, group, "val" if group in val_groups else "train",
+                           True, rel_of.get(orig) if orig else None, k)
+               for p, rel, label, group, orig, k in items]
+    _finish("DFDC", root, records, report)
+    return records
+
+
+def _dfdc_val(items, val_fraction: float, seed: int) -> set[str]:
+    """Per chunk, ~val_fraction of the groups (a real and all its fakes) go to validation;
+    a group met again in a later chunk keeps its first decision."""
+    decided: dict[str, bool] = {}
+    by_chunk: dict[int, dict[str, None]] = defaultdict(dict)
+    for _, _, _, group, _, k in items:
+        by_chunk[k][group] = None
+    for k in sorted(by_chunk):
+        fresh = sorted((g for g in by_chunk[k] if g not in decided), key=lambda g: _rank(g, seed))
+        n_val = max(1, round(val_fraction * len(fresh))) if val_fraction > 0 and len(fresh) >= 2 else 0
+        for i, g in enumerate(fresh):
+            decided[g] = i < n_val
+    return {g for g, v in decided.items() if v}
