@@ -130,7 +130,7 @@ def detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, det
     c = t // 2
     times = [run[c] / max(fps, 1e-6) for run in runs]
     keys = key_points(times, max_gap_s, max_stride)
-    next_key = {k: b for k, b in zip(keys, keys[1:])}
+    previous_key = dict(zip(keys[1:], keys))
     whole = {v: run_length(v, t) == t for v in views}  # else the centre frame alone
     crops = {v: np.zeros((n, t if whole[v] else 1, size, size, 3), dtype=np.uint8) for v in views}
     boxes: list = [None] * n
@@ -189,7 +189,6 @@ def detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, det
             else:
                 settle(i, face_in(i, frame, cropper.box(frame)), "detected")
 
-    previous_key = {b: a for a, b in next_key.items()}
     key_set = set(keys)
     seen: set[int] = set()
     for idx, frame in iter_decoded(path, where.keys()):
