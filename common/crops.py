@@ -30,6 +30,7 @@ class Cropper:
         self.gray = getattr(detector, "takes_gray", False)
         self.small = getattr(detector, "takes_bgr_small", False)
         self.regions = RegionConverter()
+        self.face_px: float | None = None  # the last face found (shorter side, frame px)
         if self.small:
             from av.video.reformatter import VideoReformatter
 
@@ -42,7 +43,10 @@ class Cropper:
                 return self._shrink.reformat(frame, width=w, height=h, format="bgr24",
                                              interpolation="AREA").to_ndarray(), scale
 
-            face = largest_face(self.detector.find(shrink))
+            first = self.detector.first_side(max(frame.width, frame.height), self.face_px)
+            face = largest_face(self.detector.find(shrink, first))
+            if face is not None:  # the next detection in this video starts at its scale
+                self.face_px = min(face[2] - face[0], face[3] - face[1])
         else:
             image = luma(frame) if self.gray else None
             face = largest_face(self.detector.detect(

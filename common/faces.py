@@ -31,7 +31,9 @@ YUNET_SCORE = 0.6  # YuNet's confidence threshold
 # YuNet looks at COARSE_SIDE first (a quarter of the pixels of max_side 640) and stops there
 # when the largest face's shorter side is at least MIN_COARSE_FACE px at that scale: on the
 # FF++ reals such boxes overlap the 640 ones at IoU 0.92 on average (min 0.82), as much as
-# the detector's own boxes on consecutive sample points do. Smaller faces: max_side.
+# the detector's own boxes on consecutive sample points do. Smaller faces: max_side. Once a
+# video has shown a face, its next first pass is at the side where that face would be 1.25 x
+# MIN_COARSE_FACE (YuNetDetector.first_side): one pass, not two, for mid-sized faces.
 COARSE_SIDE = 320
 MIN_COARSE_FACE = 32
 Box = tuple[int, int, int, int]
@@ -163,12 +165,27 @@ class YuNetDetector:
         self.coarse_side = coarse_side if coarse_side and (not max_side or coarse_side < max_side) else None
         self._size = (0, 0)
 
-    def find(self, shrink: Callable[[int], tuple[np.ndarray, float]]) -> list[tuple[float, ...]]:
+    def first_side(self, long_side: int, face_px: float | None) -> int | None:
+        """The coarse pass's long side: coarse_side, or, once a face of face_px (its shorter
+        side, frame px) is known in this video, the side at which that face would be
+        1.25 x MIN_COARSE_FACE (a multiple of 32; None: not below max_side, one pass)."""
+        if not self.coarse_side:
+            return None
+        if not face_px:
+            return self.coarse_side
+        side = -(-int(1.25 * MIN_COARSE_FACE * long_side / face_px) // 32) * 32
+        side = max(side, self.coarse_side)
+        return side if not self.max_side or side < self.max_side else None
+
+    def find(self, shrink: Callable[[int], tuple[np.ndarray, float]],
+             first: int | None = -1) -> list[tuple[float, ...]]:
         """Faces, coarse to fine. shrink(side) gives the frame in BGR with its long side <=
-        side (0: full size) and the scale used; coarse_side is tried first, and kept when
-        its largest face is MIN_COARSE_FACE px or more there (or the frame is no larger)."""
+        side (0: full size) and the scale used; `first` (default coarse_side; None: none) is
+        tried first, and kept when its largest face is MIN_COARSE_FACE px or more there (or
+        the frame is no larger); else max_side."""
+        first = self.coarse_side if first == -1 else first
         dets: list = []
-        for side in ((self.coarse_side, self.max_side) if self.coarse_side else (self.max_side,)):
+        for side in ((first, self.max_side) if first else (self.max_side,)):
             bgr, scale = shrink(side)
             dets = self.detect_small(bgr, scale)
             face = largest_face(dets)

@@ -124,6 +124,28 @@ def test_yunet_stops_at_the_coarse_pass_only_for_faces_large_enough_there(yunet)
     assert sizes == [(180, 320), (360, 640)] and face == want  # the 640 pass decides
     assert face is not None and 500 < (face[0] + face[2]) / 2 < 713
 
+    # once a video has shown a face, the first pass is where that face is ~40 px: one pass
+    assert (yunet.first_side(640, None), yunet.first_side(640, 200)) == (320, 320)
+    assert yunet.first_side(1280, 110) == 480 and yunet.first_side(1280, 60) is None
+    import av
+
+    from common.crops import Cropper
+    cropper = Cropper(yunet, 64)
+    for image, first, then in ((wide, [320, 640], [640]), (frame, [320], [352])):
+        cropper.face_px = None  # a new video
+        decoded = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        for expected in (first, then):  # widths of the passes, the first time and the next
+            sizes = []
+            real = yunet.detect_small
+            yunet.detect_small = lambda bgr, scale: sizes.append(bgr.shape[1]) or real(bgr, scale)
+            try:
+                assert cropper.box(decoded) is not None
+            finally:
+                del yunet.detect_small
+            assert sizes == expected, (image.shape, sizes)
+    # the presenter at 1.25 x 32 = 40 px there, or up to one 32-px step of side more
+    assert 40 <= cropper.face_px * 352 / 640 < 40 + 32 * cropper.face_px / 640
+
     got, rec = face_settings(yunet), recorded_face_settings("yunet")
     assert (got["coarse_side"], got["min_coarse_face"]) == (COARSE_SIDE, MIN_COARSE_FACE)
     assert {k: rec[k] for k in got} == got  # what a checkpoint records is what extraction used
