@@ -32,10 +32,12 @@ YUNET_SCORE = 0.6  # YuNet's confidence threshold
 # when the largest face's shorter side is at least MIN_COARSE_FACE px at that scale: on the
 # FF++ reals such boxes overlap the 640 ones at IoU 0.92 on average (min 0.82), as much as
 # the detector's own boxes on consecutive sample points do. Smaller faces: max_side. Once a
-# video has shown a face, its next first pass is at the side where that face would be 1.25 x
-# MIN_COARSE_FACE (YuNetDetector.first_side): one pass, not two, for mid-sized faces.
+# video has shown a face, its next first pass is at the side where that face would be
+# FIRST_MARGIN x MIN_COARSE_FACE (YuNetDetector.first_side): one pass, not two, for mid-sized
+# faces (the margin, and the 32-px steps of side, absorb the box's jitter between points).
 COARSE_SIDE = 320
 MIN_COARSE_FACE = 32
+FIRST_MARGIN = 1.1
 Box = tuple[int, int, int, int]
 
 # The official YuNet release (OpenCV Zoo, MIT licence), fetched once into the model cache.
@@ -168,12 +170,12 @@ class YuNetDetector:
     def first_side(self, long_side: int, face_px: float | None) -> int | None:
         """The coarse pass's long side: coarse_side, or, once a face of face_px (its shorter
         side, frame px) is known in this video, the side at which that face would be
-        1.25 x MIN_COARSE_FACE (a multiple of 32; None: not below max_side, one pass)."""
+        FIRST_MARGIN x MIN_COARSE_FACE (a multiple of 32; None: not below max_side, one pass)."""
         if not self.coarse_side:
             return None
         if not face_px:
             return self.coarse_side
-        side = -(-int(1.25 * MIN_COARSE_FACE * long_side / face_px) // 32) * 32
+        side = -(-int(FIRST_MARGIN * MIN_COARSE_FACE * long_side / face_px) // 32) * 32
         side = max(side, self.coarse_side)
         return side if not self.max_side or side < self.max_side else None
 
