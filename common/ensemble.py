@@ -110,7 +110,7 @@ def warn_face_settings(students: dict[str, Student], used: dict) -> None:
     "faces"); say so when they do not, since scores would then drift from the metrics."""
     keys = ("detector", "max_side", "score_threshold", "box_scale", "max_gap_s", "min_usable",
             "context_scale", "native_grid", "detect_stride", "agree_iou",
-            "coarse_side", "min_coarse_face")
+            "coarse_side", "min_coarse_face", "first_margin")
     for name, st in students.items():
         rec = st.checkpoint.get("faces") or {}
         diff = [k for k in keys if k in rec and rec[k] != used.get(k)]

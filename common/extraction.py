@@ -29,7 +29,8 @@ from common.crops import detect_and_crop
 from common.errors import UserError
 from common.face_cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
                                file_stamp, shard_of, write_file, write_json)
-from common.faces import BOX_SCALE, COARSE_SIDE, MIN_COARSE_FACE, YUNET_SCORE, make_detector
+from common.faces import (BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE,
+                          make_detector)
 from common.video import BadVideoError, count_frames, probe, sample_points, single_threaded_decoding
 from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
 
@@ -55,8 +56,15 @@ def face_settings(detector) -> dict:
             "box_scale": detector.box_scale, "max_gap_s": MAX_GAP_S, "min_usable": MIN_USABLE,
             "context_scale": CONTEXT_SCALE, "native_grid": GRID,
             "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU,
-            "coarse_side": getattr(detector, "coarse_side", None),
-            "min_coarse_face": MIN_COARSE_FACE if getattr(detector, "coarse_side", None) else None}
+            **_coarse_settings(getattr(detector, "coarse_side", None))}
+
+
+def _coarse_settings(coarse_side: int | None) -> dict:
+    """YuNet's coarse-to-fine search (faces.YuNetDetector.find), or None when there is none."""
+    on = bool(coarse_side)
+    return {"coarse_side": coarse_side if on else None,
+            "min_coarse_face": MIN_COARSE_FACE if on else None,
+            "first_margin": FIRST_MARGIN if on else None}
 
 
 def recorded_face_settings(detector: str, face_model: Any = None, max_side: int = 640,
@@ -70,8 +78,7 @@ def recorded_face_settings(detector: str, face_model: Any = None, max_side: int 
             "box_scale": 1.0 if detector == "none" else BOX_SCALE, "max_gap_s": MAX_GAP_S,
             "min_usable": MIN_USABLE, "context_scale": CONTEXT_SCALE, "native_grid": GRID,
             "detect_stride": DETECT_STRIDE, "agree_iou": AGREE_IOU,
-            "coarse_side": coarse, "min_coarse_face": MIN_COARSE_FACE if coarse else None,
-            "view": check_view(view)}
+            **_coarse_settings(coarse), "view": check_view(view)}
 
 
 # ----------------------------------------------------------------------------- one video

@@ -170,24 +170,22 @@ class YuNetDetector:
     def first_side(self, long_side: int, face_px: float | None) -> int | None:
         """The coarse pass's long side: coarse_side, or, once a face of face_px (its shorter
         side, frame px) is known in this video, the side at which that face would be
-        FIRST_MARGIN x MIN_COARSE_FACE (a multiple of 32; None: not below max_side, one pass)."""
-        if not self.coarse_side:
-            return None
-        if not face_px:
+        FIRST_MARGIN x MIN_COARSE_FACE (a multiple of 32, at most max_side: one pass)."""
+        if not self.coarse_side or not face_px:
             return self.coarse_side
         side = -(-int(FIRST_MARGIN * MIN_COARSE_FACE * long_side / face_px) // 32) * 32
         side = max(side, self.coarse_side)
-        return side if not self.max_side or side < self.max_side else None
+        return min(side, self.max_side) if self.max_side else side
 
     def find(self, shrink: Callable[[int], tuple[np.ndarray, float]],
-             first: int | None = -1) -> list[tuple[float, ...]]:
+             first: int | None = None) -> list[tuple[float, ...]]:
         """Faces, coarse to fine. shrink(side) gives the frame in BGR with its long side <=
-        side (0: full size) and the scale used; `first` (default coarse_side; None: none) is
-        tried first, and kept when its largest face is MIN_COARSE_FACE px or more there (or
-        the frame is no larger); else max_side."""
-        first = self.coarse_side if first == -1 else first
+        side (0: full size) and the scale used; `first` (default coarse_side) is tried
+        first, and kept when its largest face is MIN_COARSE_FACE px or more there (or the
+        frame is no larger); else max_side."""
+        first = first or self.coarse_side
         dets: list = []
-        for side in ((first, self.max_side) if first else (self.max_side,)):
+        for side in ((first, self.max_side) if first and first != self.max_side else (self.max_side,)):
             bgr, scale = shrink(side)
             dets = self.detect_small(bgr, scale)
             face = largest_face(dets)
