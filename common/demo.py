@@ -37,7 +37,7 @@ TITLES = {"stage1_faceforensics": "FF++ val", "stage2_celebdf": "Celeb-DF val", 
 @dataclass(frozen=True)
 class Profile:
     """The small settings the demo trains with (every one of them an ordinary script flag)."""
-    sample_size: str = "demo"          # common.sample_data.SIZES
+    sample_size: str = "demo"          # common.data.synthetic.SIZES
     backbone: str = "mobilenet_v3_small"
     image_size: int = 48
     frames_per_video: int = 4
@@ -110,7 +110,7 @@ def plan(out: Path, profile: Profile) -> list[Step]:
 
 def predict_videos(dfdc_root: Path, part: int) -> list[Path]:
     """The first real and the first fake of the held-out part, from its metadata.json."""
-    from common.sample_data import dfdc_part_dir
+    from common.data.synthetic import dfdc_part_dir
 
     folder = dfdc_part_dir(dfdc_root, part)
     meta_file = folder / "metadata.json"
@@ -240,7 +240,7 @@ def prepare_out(out: Path) -> None:
 
 def run_demo(out: Path, profile: Profile, runner: Runner = subprocess_runner, echo=print) -> int:
     """The demo into a fresh `out`; 0 when every step ran and every bar is met, else 1."""
-    from common.sample_data import make_all
+    from common.data.synthetic import make_all
 
     start = time.time()
     logs = out / "logs"

@@ -15,3 +15,7 @@ class DatasetLayoutError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, unreadable, from another model or from a newer format."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint (or other atomic) write failed: full disk, quota, read-only folder."""

@@ -16,9 +16,9 @@ import sys
 from typing import Sequence
 
 from common.errors import UserError
-from common.extraction import build_face_cache
-from common.face_cache import CacheWriteError, FaceCache
-from common.faces import DETECTORS, make_detector
+from common.faces.extraction import build_face_cache
+from common.faces.cache import CacheWriteError, FaceCache
+from common.faces.detectors import DETECTORS, make_detector
 from common.recipes import DEFAULTS
 
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from common.datasets import index_dataset
+    from common.data.datasets import index_dataset
 
     stopped = {"flag": False}
 

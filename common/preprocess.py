@@ -1,7 +1,7 @@
 """Per-stage image preprocessing (CLAHE, bilateral filter), resizing and ImageNet normalisation.
 
 Everything here is deterministic. The random stage augmentation runs batched on the training
-device, after the DataLoader: common.augment.
+device, after the DataLoader: common.training.augment.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class ClipTransform:
     Order: stage preprocessing (deterministic) -> resize to S if needed -> scale to [0, 1]
     -> normalise. With `normalize=False` the result stays uint8 [T, 3, S, S] (a channels-last
     view of the crops): a quarter of the bytes through the DataLoader, and the model (or
-    common.augment, in training) normalises on its own device (StudentModel.forward accepts both).
+    common.training.augment, in training) normalises on its own device (StudentModel.forward accepts both).
     """
 
     def __init__(self, image_size: int = DEFAULTS.image_size, preprocessing: str = "none",
@@ -102,7 +102,7 @@ class ClipTransform:
         if frames.shape[1:3] != (self.image_size, self.image_size):
             x = v2.functional.resize(x, [self.image_size, self.image_size], antialias=True)
         if not self.normalize:
-            # A view in the cache's memory order: common.samples.collate_samples stacks it
+            # A view in the cache's memory order: common.data.samples.collate_samples stacks it
             # with a plain copy and the training device transposes the channels.
             return x
         return normalize_pixels(x, self._scale, self._shift).contiguous()

@@ -47,7 +47,7 @@ PREPROCESSING = Preprocessing()
 
 @dataclass(frozen=True)
 class AugmentLevel:
-    """The random transforms of one augmentation level, drawn once per clip (common.augment).
+    """The random transforms of one augmentation level, drawn once per clip (common.training.augment).
 
     Hue is never jittered: skin hue is evidence.
     """
@@ -74,7 +74,7 @@ AUGMENTATION_LEVELS: dict[str, AugmentLevel] = {
 class StageRecipe:
     stage: str               # "stage1_faceforensics": file names derive from it
     number: int              # 1, 2 or 4
-    dataset: str             # index name in common.datasets
+    dataset: str             # index name in common.data.datasets
     title: str
     lr: float
     epochs: int              # per chunk on DFDC

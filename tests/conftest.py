@@ -35,7 +35,7 @@ def _yunet_model_cache() -> None:
     import shutil
     import tempfile
 
-    from common.faces import MODEL_DIR_ENV, YUNET_FILE
+    from common.faces.detectors import MODEL_DIR_ENV, YUNET_FILE
 
     models = shared_dir("models")
     if models is None or MODEL_DIR_ENV in os.environ:
@@ -66,7 +66,7 @@ def _no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory):
     """The three tiny official-layout trees of `python -m common.sample_data`, made once per run."""
-    from common.sample_data import make_all
+    from common.data.synthetic import make_all
 
     root = tmp_path_factory.mktemp("sample_data")
     make_all(root)

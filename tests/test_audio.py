@@ -1,4 +1,4 @@
-"""common.audio: decode to 16 kHz mono, log-mel scaling, mel windows centred on a time."""
+"""common.data.audio: decode to 16 kHz mono, log-mel scaling, mel windows centred on a time."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from common.audio import (HOP_LENGTH, MEL_WINDOW, N_MELS, SAMPLE_RATE, decode_audio, log_mel,
+from common.data.audio import (HOP_LENGTH, MEL_WINDOW, N_MELS, SAMPLE_RATE, decode_audio, log_mel,
                           mel_frame, mel_window)
 from tests.test_video import numbered_frames, write_mp4
 
@@ -49,7 +49,7 @@ def test_undecodable_file_gives_none_and_a_logged_reason(media, caplog):
     empty.write_bytes(b"")
     garbage = media["dir"] / "garbage.mp4"
     garbage.write_bytes(b"\x00\x01junk" * 100)
-    with caplog.at_level(logging.WARNING, logger="common.audio"):
+    with caplog.at_level(logging.WARNING, logger="common.data.audio"):
         assert decode_audio(empty) is None
         assert decode_audio(garbage) is None
     lines = [r.getMessage() for r in caplog.records]

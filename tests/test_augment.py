@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.augment import ClipAugmenter, ClipDraw, augmenter_for
+from common.training.augment import ClipAugmenter, ClipDraw, augmenter_for
 from common.preprocess import normalisation_constants, normalize_pixels
 from common.recipes import AUGMENTATION_LEVELS, RECIPES
 
@@ -139,7 +139,7 @@ def test_warp_matches_opencv():
     d = still(1, flip=torch.tensor([True]), angle=torch.tensor([17.0], dtype=torch.float64), corners=corners)
     ours = pixels(ClipAugmenter("maximum").apply(clip, d))[0, 0].permute(1, 2, 0).numpy()
 
-    from common.augment import _homographies
+    from common.training.augment import _homographies
     forward = torch.linalg.inv(_homographies(d, 40, 48))[0].numpy()
     theirs = cv2.warpPerspective(clip[0, 0].permute(1, 2, 0).numpy().astype(np.float32), forward, (48, 40),
                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -178,7 +178,7 @@ def test_bad_input_is_refused():
 def test_training_loop_augments_each_batch_with_its_seeds():
     """train_one_epoch hands the batch's frames and host-side seeds to the augmenter before
     the forward pass; the model sees what the augmenter returns."""
-    from common.engine import make_optimizer, make_precision, train_one_epoch
+    from common.training.engine import make_optimizer, make_precision, train_one_epoch
 
     seen = {"aug": [], "model": []}
 

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.datasets import VideoRecord
-from common.extraction import build_face_cache
-from common.face_cache import FaceCache
-from common.run_files import skip_reason, write_skipped
-from common.sample_data import face_video, write_mp4
-from common.stage_data import TooManyBadVideos, check_bad_fraction
+from common.data.datasets import VideoRecord
+from common.faces.extraction import build_face_cache
+from common.faces.cache import FaceCache
+from common.training.run_files import skip_reason, write_skipped
+from common.data.synthetic import face_video, write_mp4
+from common.training.stage_data import TooManyBadVideos, check_bad_fraction
 
 
 @pytest.mark.parametrize("bad, total, stops", [(1, 8, False), (2, 8, False), (3, 8, True),

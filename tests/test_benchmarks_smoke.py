@@ -76,7 +76,7 @@ def test_memory_benchmark_runs(tmp_path):
 @pytest.fixture(scope="module")
 def frame(tmp_path_factory):
     """One decoded 4:2:0 frame of a small H.264 face video (sample_data)."""
-    from common.sample_data import face_video, write_mp4
+    from common.data.synthetic import face_video, write_mp4
 
     path = tmp_path_factory.mktemp("bench") / "face.mp4"
     write_mp4(path, face_video(2, size=(128, 96), face_px=80), fps=10)
@@ -85,7 +85,7 @@ def frame(tmp_path_factory):
 
 
 def test_region_conversion_is_the_full_frame_conversion(frame):
-    from common.video import RegionConverter, luma
+    from common.faces.video import RegionConverter, luma
 
     full = frame.to_ndarray(format="rgb24")
     conv = RegionConverter()
@@ -105,8 +105,8 @@ def test_region_conversion_is_the_full_frame_conversion(frame):
     ((-10, -6, 40, 44), 0), ((100, 60, 150, 110), 0), ((200, 200, 240, 240), 0),  # crop_box
 ])
 def test_face_crops_from_decoded_frames_match_crop_box(frame, box, tolerance):
-    from common.crops import Cropper as _Cropper
-    from common.faces import crop_box, make_detector
+    from common.faces.crops import Cropper as _Cropper
+    from common.faces.detectors import crop_box, make_detector
 
     got = _Cropper(make_detector("none"), 32).crop(frame, box)
     want = crop_box(frame.to_ndarray(format="rgb24"), box, 32)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.datasets import MAX_DROPPED_FAKES, IndexReport, index_celebdf, summarize
+from common.data.datasets import MAX_DROPPED_FAKES, IndexReport, index_celebdf, summarize
 
 
 def celebdf_shaped(root: Path, seed: int, n_ids: int = 59, sources: int = 6, clips: int = 16) -> Path:
@@ -31,7 +31,7 @@ def celebdf_shaped(root: Path, seed: int, n_ids: int = 59, sources: int = 6, cli
 def test_celebdf_shaped_graph_drops_at_most_ten_percent_of_fakes(tmp_path, caplog, seed):
     root = celebdf_shaped(tmp_path, seed)
     report = IndexReport()
-    with caplog.at_level(logging.INFO, logger="common.datasets"):
+    with caplog.at_level(logging.INFO, logger="common.data.datasets"):
         records = index_celebdf(root, val_fraction=0.1, seed=42, report=report)
     dropped = [p for p, why in report.skipped if "straddle" in why]
     fakes_outside_test = sum(1 for r in records if r.label == 1 and r.split != "test") + len(dropped)
@@ -59,7 +59,7 @@ def test_validation_holds_both_classes_even_when_the_limit_cannot_be_met(tmp_pat
         for b in ((a + 1) % n, (a + 5) % n):
             (tmp_path / f"Celeb-synthesis/id{a}_id{b}_0000.mp4").touch()
     report = IndexReport()
-    with caplog.at_level(logging.INFO, logger="common.datasets"):
+    with caplog.at_level(logging.INFO, logger="common.data.datasets"):
         records = index_celebdf(tmp_path, val_fraction=0.2, report=report)
     counts = summarize(records)
     assert counts["val"]["real"] and counts["val"]["fake"] and counts["train"]["fake"]

@@ -30,7 +30,7 @@ def test_help_does_not_import_torch():
 def test_status_table_does_not_import_torch(tmp_path):
     (tmp_path / "ck").mkdir()
     out, imported = _imports("-m", "common.status", "--checkpoint-dir", str(tmp_path / "ck"))
-    assert "common.checkpoints" in imported and "torch" not in imported
+    assert "common.training.checkpoints" in imported and "torch" not in imported
     assert out.returncode == 0 and "| BG | stage1_faceforensics |" in out.stdout
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.datasets import (IndexReport, VideoRecord, index_celebdf, index_dataset, index_dfdc,
+from common.data.datasets import (IndexReport, VideoRecord, index_celebdf, index_dataset, index_dfdc,
                              index_faceforensics, part_dirs, summarize)
 from common.errors import DatasetLayoutError, UserError
 
@@ -72,7 +72,7 @@ def test_ff_splits_dir_flag_and_unlisted_ids_skipped(tmp_path, caplog):
     for name, chosen in (("train", FF_PAIRS[:2]), ("val", FF_PAIRS[2:3]), ("test", FF_PAIRS[3:4])):
         (sdir / f"{name}.json").write_text(json.dumps(chosen))
     report = IndexReport()
-    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+    with caplog.at_level(logging.WARNING, logger="common.data.datasets"):
         records = index_faceforensics(root, splits_dir=sdir, report=report)
     assert report.n_skipped == 6  # pair 008/009: 2 originals + 2 fakes x 2 methods
     assert summarize(records, report)["skipped"] == 6
@@ -84,7 +84,7 @@ def test_ff_fallback_split_is_logged_deterministic_and_leak_free(tmp_path, caplo
     pairs = [[f"{2 * i:03d}", f"{2 * i + 1:03d}"] for i in range(10)]
     root = make_ff(tmp_path, pairs=pairs, splits=False)
     touch(root, "manipulated_sequences/Deepfakes/c23/videos/000_019.mp4")  # links two pairs
-    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+    with caplog.at_level(logging.WARNING, logger="common.data.datasets"):
         records = index_faceforensics(root)
     assert "official split files not found" in caplog.text
     assert [r.split for r in records] == [r.split for r in index_faceforensics(root)]
@@ -110,7 +110,7 @@ def test_ff_missing_compression_names_path_and_found(tmp_path):
 
 def test_ff_methods_present_on_disk_only(tmp_path, caplog):
     make_ff(tmp_path, methods=("Deepfakes",))
-    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+    with caplog.at_level(logging.WARNING, logger="common.data.datasets"):
         records = index_faceforensics(tmp_path, methods=("Deepfakes", "FaceShifter"))
     assert "FaceShifter" in caplog.text
     assert sum(r.label for r in records) == 10
@@ -211,7 +211,7 @@ def test_celebdf_bad_test_line_names_file_and_line(tmp_path, bad):
 def test_celebdf_without_test_list(tmp_path, caplog):
     make_celebdf(tmp_path)
     (tmp_path / "List_of_testing_videos.txt").unlink()
-    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+    with caplog.at_level(logging.WARNING, logger="common.data.datasets"):
         records = index_celebdf(tmp_path)
     assert "List_of_testing_videos.txt" in caplog.text
     assert not [r for r in records if r.split == "test"] and len(records) == 36
@@ -272,7 +272,7 @@ def test_dfdc_missing_and_unlisted_files_are_counted_and_skipped(tmp_path, caplo
     (tmp_path / "dfdc_train_part_0" / "fake000abc.mp4").unlink()
     touch(tmp_path, "dfdc_train_part_0/strangerxy.mp4")
     report = IndexReport()
-    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+    with caplog.at_level(logging.WARNING, logger="common.data.datasets"):
         records = index_dfdc(tmp_path, report=report)
     assert report.n_skipped == 2 and "strangerxy.mp4" in caplog.text and "fake000abc.mp4" in caplog.text
     assert {Path(p).name for p, _ in report.skipped} == {"strangerxy.mp4", "fake000abc.mp4"}

@@ -45,7 +45,8 @@ def test_plan_is_the_fifteen_scripts_then_status_fit_evaluate_predict(tmp_path):
         assert args.epochs == demo.PROFILES["demo"].epochs[stage] <= RECIPES[stage].epochs
         if RECIPES[stage].chunks:
             assert args.chunks == (0, 1)  # part 2 stays held out
-    from common import ensemble, evaluate
+    from common import evaluate
+    from common.ensemble import command as ensemble
 
     fit = ensemble.build_parser().parse_args(steps[16].argv[2:])
     assert (fit.command, fit.data, fit.dataset) == ("fit", tmp_path / "data" / "dfdc", "dfdc")
@@ -100,7 +101,7 @@ def tiny_tree(sample_root, monkeypatch):
         shutil.copytree(sample_root, out)  # no held-out DFDC part: predict gets names only
         return {name: sorted((Path(out) / name).rglob("*.mp4")) for name in ("faceforensics", "celebdf", "dfdc")}
 
-    monkeypatch.setattr("common.sample_data.make_all", copy)
+    monkeypatch.setattr("common.data.synthetic.make_all", copy)
 
 
 @pytest.mark.usefixtures("tiny_tree")
@@ -176,8 +177,8 @@ def test_tiny_demo_runs_every_tool_for_real(tmp_path, capsys, monkeypatch):
     """Untrained students on the tiny tree: every step runs and writes its files. The
     collapse rule is off (one epoch on a handful of videos is chance, or flat), so the
     table has numbers everywhere; the ensemble usually misses the bar then."""
-    monkeypatch.setattr("common.metrics.COLLAPSE_AUC", -1.0)
-    monkeypatch.setattr("common.metrics.COLLAPSE_SPREAD", -1.0)
+    monkeypatch.setattr("common.training.metrics.COLLAPSE_AUC", -1.0)
+    monkeypatch.setattr("common.training.metrics.COLLAPSE_SPREAD", -1.0)
     out = tmp_path / "out"
     code = demo.main([str(out), "--profile", "tiny"], runner=in_process)
     stdout, err = capsys.readouterr()

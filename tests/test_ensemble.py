@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from common import ensemble, students
-from common.checkpoints import save_checkpoint
-from common.datasets import index_dataset
-from common.ensemble_fit import check_classes, chance_reason, fit_combiner
+from common.ensemble import command as ensemble, students
+from common.training.checkpoints import save_checkpoint
+from common.data.datasets import index_dataset
+from common.ensemble.fit import check_classes, chance_reason, fit_combiner
 from common.errors import UserError
-from common.extraction import build_face_cache
-from common.metrics import binary_metrics
+from common.faces.extraction import build_face_cache
+from common.training.metrics import binary_metrics
 from common.model import build_student
 
 SMALL = ["--image-size", "32", "--frames-per-video", "2", "--face-detector", "none",
@@ -350,7 +350,7 @@ def test_predict_crops_only_the_views_its_students_read():
     scores still equal validation's); a student without a recorded view reads face crops."""
     from types import SimpleNamespace
 
-    from common.students import views_needed
+    from common.ensemble.students import views_needed
 
     def st(view):
         return SimpleNamespace(checkpoint={"faces": {"view": view}} if view else {})

@@ -12,10 +12,11 @@ import math
 
 import pytest
 
-from common import ensemble, evaluate, students
-from common.datasets import index_dataset
-from common.extraction import build_face_cache
-from common.metrics import binary_metrics
+from common import evaluate
+from common.ensemble import command as ensemble, students
+from common.data.datasets import index_dataset
+from common.faces.extraction import build_face_cache
+from common.training.metrics import binary_metrics
 from tests.test_ensemble import SETTINGS, SMALL, _off_chance, _save, _script, _student, contract, val_list
 
 EVAL = ["--image-size", "32", "--frames-per-video", "2", "--face-detector", "none", "--workers", "0",

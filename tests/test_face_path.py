@@ -15,12 +15,12 @@ import json
 import pytest
 import torch
 
-from common import ensemble, students
-from common.checkpoints import load_checkpoint, save_checkpoint, stage_paths
+from common.ensemble import command as ensemble, students
+from common.training.checkpoints import load_checkpoint, save_checkpoint, stage_paths
 from common.cli import run_stage
-from common.datasets import index_dataset
-from common.face_cache import FaceCache
-from common.metrics import binary_metrics
+from common.data.datasets import index_dataset
+from common.faces.cache import FaceCache
+from common.training.metrics import binary_metrics
 
 SMALL = ["--backbone", "mobilenet_v3_small", "--pretrained", "none", "--image-size", "32",
          "--frames-per-video", "2", "--clip-len", "3", "--epochs", "1", "--batch-size", "8",

@@ -1,4 +1,4 @@
-"""common.faces / common.face_cache / common.extraction: boxes, crops, the face cache."""
+"""common.faces.detectors / common.faces.cache / common.faces.extraction: boxes, crops, the face cache."""
 from __future__ import annotations
 
 import json
@@ -13,15 +13,15 @@ import cv2
 import numpy as np
 import pytest
 
-from common.datasets import VideoRecord
+from common.data.datasets import VideoRecord
 from common.errors import UserError
 from common.extract import main
-from common.extraction import WorkerDiedError, build_face_cache, video_crops
-from common.face_cache import FaceCache, file_stamp, shard_of, video_key
-from common.faces import (NoDetector, YuNetDetector, crop_box, fill_near, is_flat, largest_face,
+from common.faces.extraction import WorkerDiedError, build_face_cache, video_crops
+from common.faces.cache import FaceCache, file_stamp, shard_of, video_key
+from common.faces.detectors import (NoDetector, YuNetDetector, crop_box, fill_near, is_flat, largest_face,
                           make_detector, square_box)
-from common.sample_data import face_video, make_celebdf, mouth_envelope, speech_audio, write_mp4
-from common.video import count_frames
+from common.data.synthetic import face_video, make_celebdf, mouth_envelope, speech_audio, write_mp4
+from common.faces.video import count_frames
 from tests.test_video import write_mp4 as write_mp4_faststart
 
 N, T, S = 4, 3, 64
@@ -300,7 +300,7 @@ def test_two_processes_share_one_empty_cache(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     cache = FaceCache(tmp_path / "cache", "celebdf", 32, 2, 2, "yunet", "clahe")
-    from common.datasets import index_dataset
+    from common.data.datasets import index_dataset
 
     records = index_dataset("celebdf", root)
     assert records and all(cache.entry(r.rel) is not None for r in records)
@@ -311,7 +311,7 @@ def test_two_processes_share_one_empty_cache(tmp_path):
 
 
 def test_offline_without_a_model_is_one_clear_line(tmp_path, monkeypatch):
-    import common.faces as faces
+    import common.faces.detectors as faces
 
     monkeypatch.setenv(faces.MODEL_DIR_ENV, str(tmp_path / "models"))
     with pytest.raises(UserError) as err:  # the network is blocked in tests
@@ -325,7 +325,7 @@ def test_download_is_verified_and_renamed_into_place(tmp_path, monkeypatch):
     import hashlib
     import io
 
-    import common.faces as faces
+    import common.faces.detectors as faces
 
     blob = (Path(os.environ[faces.MODEL_DIR_ENV]) / faces.YUNET_FILE).read_bytes()
     monkeypatch.setenv(faces.MODEL_DIR_ENV, str(tmp_path / "models"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.metrics import (binary_metrics, collapse_check, equal_error_rate, evaluate,
+from common.training.metrics import (binary_metrics, collapse_check, equal_error_rate, evaluate,
                             fit_temperature, video_nll, video_scores)
 
 
@@ -101,7 +101,7 @@ def test_evaluate_reports_frame_video_and_collapse():
 
 
 def test_the_collapse_verdict_does_not_change_with_the_temperature():
-    from common.metrics import COLLAPSE_SPREAD, softmax_fake
+    from common.training.metrics import COLLAPSE_SPREAD, softmax_fake
 
     # Small but real margins, well ranked: a big fitted T shrinks the calibrated spread below
     # the floor, yet the model it describes is the same.

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from common.datasets import index_dataset
-from common.extraction import build_face_cache, video_crops
-from common.face_cache import FaceCache
-from common.faces import largest_face, make_detector
-from common.sample_data import write_mp4
-from common.video import iter_frames
+from common.data.datasets import index_dataset
+from common.faces.extraction import build_face_cache, video_crops
+from common.faces.cache import FaceCache
+from common.faces.detectors import largest_face, make_detector
+from common.data.synthetic import write_mp4
+from common.faces.video import iter_frames
 from tests.conftest import shared_dir
 
 REAL = shared_dir("realdata")
@@ -93,9 +93,9 @@ def test_sigterm_ends_a_pooled_extraction_within_seconds(tmp_path):
 def test_yunet_stops_at_the_coarse_pass_only_for_faces_large_enough_there(yunet):
     """Coarse to fine: a presenter's face is found at 320 px in one pass, boxed as the 640 px
     pass boxes it; the same face shrunk into a wide frame needs, and gets, the 640 px pass."""
-    from common.extraction import face_settings, recorded_face_settings
-    from common.faces import COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YuNetDetector, box_iou
-    from common.video import read_frames
+    from common.faces.extraction import face_settings, recorded_face_settings
+    from common.faces.detectors import COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YuNetDetector, box_iou
+    from common.faces.video import read_frames
 
     src = REAL / "ffpp/original_sequences/youtube/c23/videos/519.mp4"
     frame = read_frames(src, [40])[40]  # 640x480, the presenter
@@ -129,7 +129,7 @@ def test_yunet_stops_at_the_coarse_pass_only_for_faces_large_enough_there(yunet)
     assert yunet.first_side(1280, 110) == 416 and yunet.first_side(1280, 60) == 640
     import av
 
-    from common.crops import Cropper
+    from common.faces.crops import Cropper
     cropper = Cropper(yunet, 64)
     for image, first, then in ((wide, [320, 640], [640]), (frame, [320], [320])):
         cropper.face_px = None  # a new video

@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint, stage_paths
+from common.training.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint, stage_paths
 from common.cli import EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, EXIT_USER_ERROR, run_stage
-from common.extraction import build_face_cache
-from common.face_cache import CacheWriteError, FaceCache
-from common.sample_data import face_video, write_mp4
+from common.faces.extraction import build_face_cache
+from common.faces.cache import CacheWriteError, FaceCache
+from common.data.synthetic import face_video, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, STAGE = "bg", "stage1_faceforensics"
@@ -42,7 +42,7 @@ STEPS_PER_EPOCH = 2  # 4 train videos x 2 frames / batch 4
 
 
 # The same switch for the scripts run in subprocesses, as a sitecustomize shim.
-UNTRAINED = "import common.metrics\ncommon.metrics.COLLAPSE_AUC = -1.0\n"
+UNTRAINED = "import common.training.metrics\ncommon.training.metrics.COLLAPSE_AUC = -1.0\n"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,7 +50,7 @@ def untrained_students_are_not_collapsed():
     """Two epochs on four videos give a chance-level AUC, which the collapse rule would stop
     with exit 3 (tests/test_training.py tests the rule); switched off here."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("common.metrics.COLLAPSE_AUC", -1.0)
+        mp.setattr("common.training.metrics.COLLAPSE_AUC", -1.0)
         yield
 
 
@@ -260,7 +260,7 @@ def test_sigkill_during_face_extraction_then_resume(ff, straight, tmp_path):
     """Killed while a crop file is half-way into the cache (temp written, not renamed, no
     json): --resume (there is no checkpoint yet) redoes that video and ends with the
     reference weights."""
-    from common.views import STORED_VIEWS
+    from common.faces.views import STORED_VIEWS
 
     args = stage_args(ff, tmp_path)
     # one .npy per view and video: the write after two whole videos is the third's face view
@@ -285,7 +285,8 @@ class _Killed(BaseException):
 
 
 def test_kill_during_a_checkpoint_write_never_reads_the_half_file(ff, straight, tmp_path, monkeypatch):
-    import common.checkpoints as ck_mod
+    import common.data.atomic as atomic_mod
+    import common.training.checkpoints as ck_mod
 
     real_write, calls = ck_mod.atomic_write, {"n": 0}
 
@@ -301,7 +302,7 @@ def test_kill_during_a_checkpoint_write_never_reads_the_half_file(ff, straight, 
         return real_write(path, write, mode)
 
     monkeypatch.setattr(ck_mod, "atomic_write", dies_half_way)
-    monkeypatch.setattr(ck_mod, "_remove_quietly", lambda p: None)  # a killed process cleans nothing
+    monkeypatch.setattr(atomic_mod, "_remove_quietly", lambda p: None)  # a killed process cleans nothing
     args = stage_args(ff, tmp_path, cache=straight / "cache")
     with pytest.raises(_Killed):
         run_stage(MODEL, STAGE, args)
@@ -317,7 +318,7 @@ def test_kill_during_a_checkpoint_write_never_reads_the_half_file(ff, straight, 
 
 def test_sigterm_mid_epoch_saves_state_then_resume_matches(ff, straight, tmp_path, monkeypatch, capsys):
     """A real SIGTERM through the real handler, three optimiser steps in (epoch 2, step 1)."""
-    import common.stage as stage_mod
+    import common.training.stage as stage_mod
 
     real_epoch, steps = stage_mod.train_one_epoch, {"n": 0}
 
@@ -343,7 +344,7 @@ def test_sigterm_mid_epoch_saves_state_then_resume_matches(ff, straight, tmp_pat
 
 
 def test_sigterm_during_face_extraction_stops_at_once(ff, tmp_path, monkeypatch, capsys):
-    import common.extraction as fc
+    import common.faces.extraction as fc
 
     real, done = fc.extract_video, {"n": 0}
 
@@ -427,7 +428,7 @@ def corrupt(sample_root, straight, tmp_path_factory):
     """A one-part DFDC tree: the 14 sample videos plus one bad file of each kind, each its own
     REAL group; then stage 4 (from the reference's weights, Haar detector) twice: with the
     default --max-bad-fraction (must stop) and with 0.5 (must train)."""
-    from common.datasets import index_dfdc, part_dirs
+    from common.data.datasets import index_dfdc, part_dirs
 
     root = tmp_path_factory.mktemp("corrupt")
     part = root / "dfdc" / "dfdc_train_part_0"
@@ -676,7 +677,7 @@ def test_resume_refuses_a_changed_shaping_flag(ff, straight, tmp_path, capsys, f
 
 
 def test_full_disk_during_a_cache_write_stops_and_blames_no_video(ff, tmp_path, monkeypatch, capsys):
-    from common.views import STORED_VIEWS
+    from common.faces.views import STORED_VIEWS
 
     real_save, calls = np.save, {"n": 0}
 
@@ -701,7 +702,7 @@ def test_full_disk_during_a_cache_write_stops_and_blames_no_video(ff, tmp_path, 
         assert np.load(meta.with_suffix(".npy")).shape[:2] == (2, 3)
 
     # With space again, the build picks up where it stopped.
-    from common.datasets import index_faceforensics
+    from common.data.datasets import index_faceforensics
 
     cache = FaceCache(tmp_path / "cache", "faceforensics", 32, 2, 3, "none")
     records = [r for r in index_faceforensics(ff) if r.split == "val"]
@@ -711,7 +712,7 @@ def test_full_disk_during_a_cache_write_stops_and_blames_no_video(ff, tmp_path, 
 
 
 def test_cache_write_error_is_not_a_bad_video_in_the_builder(ff, tmp_path, monkeypatch):
-    from common.datasets import index_faceforensics
+    from common.data.datasets import index_faceforensics
 
     records = [r for r in index_faceforensics(ff) if r.split == "val"][:2]
     cache = FaceCache(tmp_path, "faceforensics", 32, 2, 3, "none")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from common.run_guard import StageLocked, acquire, release
+from common.training.run_guard import StageLocked, acquire, release
 
 
 def test_second_acquire_while_the_owner_lives_is_refused(tmp_path):

@@ -1,5 +1,5 @@
 """The synthetic trees: they index cleanly, decode, carry audio where DFDC does, and show
-faces that the project's own Haar detector (common.faces.make_detector("haar")) finds in
+faces that the project's own Haar detector (common.faces.detectors.make_detector("haar")) finds in
 every video, with fakes that differ inside the face."""
 import json
 from pathlib import Path
@@ -8,10 +8,10 @@ import av
 import numpy as np
 import pytest
 
-from common import sample_data as sd
-from common.datasets import IndexReport, index_celebdf, index_dfdc, index_faceforensics, summarize
+from common.data import synthetic as sd
+from common.data.datasets import IndexReport, index_celebdf, index_dfdc, index_faceforensics, summarize
 from common.errors import UserError
-from common.faces import largest_face, make_detector
+from common.faces.detectors import largest_face, make_detector
 
 
 @pytest.fixture(scope="session")

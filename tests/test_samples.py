@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.audio import MEL_WINDOW, N_MELS, mel_window
-from common.datasets import VideoRecord, index_dataset
-from common.extraction import build_face_cache
-from common.face_cache import FaceCache
+from common.data.audio import MEL_WINDOW, N_MELS, mel_window
+from common.data.datasets import VideoRecord, index_dataset
+from common.faces.extraction import build_face_cache
+from common.faces.cache import FaceCache
 from common.preprocess import ClipTransform
-from common.samples import FaceSamples
+from common.data.samples import FaceSamples
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_workers_only_read_and_the_seed_travels_with_the_sample(tmp_path):
     plus its sampler seed; a DataLoader batch carries the seeds for the on-device augmentation."""
     from torch.utils.data import DataLoader
 
-    from common.engine import to_device
-    from common.samples import EpochSampler, collate_samples
+    from common.training.engine import to_device
+    from common.data.samples import EpochSampler, collate_samples
 
     cache = FaceCache(tmp_path, "toy", crop_size=16, frames_per_video=2, clip_len=4, detector="none")
     cache.dir.mkdir(parents=True)

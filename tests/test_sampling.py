@@ -4,9 +4,9 @@ import pytest
 
 from common.chunks import check_chunks, iter_chunks
 from common.losses import class_weights_from_counts
-from common.datasets import VideoRecord
+from common.data.datasets import VideoRecord
 from common.errors import DatasetLayoutError
-from common.samples import EpochSampler, ShardSampler
+from common.data.samples import EpochSampler, ShardSampler
 
 
 def test_epoch_sampler_is_a_permutation_and_changes_per_epoch():

@@ -2,8 +2,8 @@ import json
 import shutil
 from pathlib import Path
 
-import common.status as status
-from common.checkpoints import stage_paths
+import common.training.progress as status
+from common.training.checkpoints import stage_paths
 from common.cli import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,9 +73,9 @@ def test_a_run_refreshes_the_table_at_every_epoch(sample_root, tmp_path, monkeyp
         snapshots.append(Path(path).read_text())
 
     monkeypatch.setattr(status, "update_status_file", spy)
-    monkeypatch.setattr("common.metrics.COLLAPSE_AUC", -1.0)  # two epochs on four videos: chance AUC
+    monkeypatch.setattr("common.training.metrics.COLLAPSE_AUC", -1.0)  # two epochs on four videos: chance AUC
     # ... and CM's native patches of the smooth synthetic faces barely differ: nor the spread rule
-    monkeypatch.setattr("common.metrics.COLLAPSE_SPREAD", 0.0)
+    monkeypatch.setattr("common.training.metrics.COLLAPSE_SPREAD", 0.0)
     code = run_stage("cm", "stage1_faceforensics", [
         "--data", str(sample_root / "faceforensics"), "--checkpoint-dir", str(tmp_path / "ck"),
         "--cache-dir", str(tmp_path / "cache"), "--backbone", "mobilenet_v3_small", "--pretrained", "none",
@@ -89,7 +89,7 @@ def test_a_run_refreshes_the_table_at_every_epoch(sample_root, tmp_path, monkeyp
 
 
 def test_a_stage_whose_every_epoch_collapsed_shows_as_failed(sample_root, tmp_path, monkeypatch):
-    monkeypatch.setattr("common.metrics.COLLAPSE_AUC", 1.01)
+    monkeypatch.setattr("common.training.metrics.COLLAPSE_AUC", 1.01)
     ck = tmp_path / "ck"
     code = run_stage("rr", "stage1_faceforensics", [
         "--data", str(sample_root / "faceforensics"), "--checkpoint-dir", str(ck),

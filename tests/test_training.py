@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoints import load_checkpoint, stage_paths, weights_fingerprint
+from common.training.checkpoints import load_checkpoint, stage_paths, weights_fingerprint
 from common.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_stage
 from common.model import MODEL_NAMES, student_from_options
 
@@ -40,7 +40,7 @@ def chained(sample_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("chain")
     codes = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("common.metrics.COLLAPSE_AUC", -1.0)
+        mp.setattr("common.training.metrics.COLLAPSE_AUC", -1.0)
         for model in MODEL_NAMES:
             for stage in STAGES:
                 codes[(model, stage)] = run_stage(model, stage, args(sample_root, work, stage))
@@ -53,7 +53,7 @@ def untrained_students_are_not_collapsed():
     rule is switched off for them (tests below switch it on, or to "always"); its own
     patcher, so a test's monkeypatch.undo() leaves it in place."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("common.metrics.COLLAPSE_AUC", -1.0)
+        mp.setattr("common.training.metrics.COLLAPSE_AUC", -1.0)
         yield
 
 
@@ -149,7 +149,7 @@ def _weights(path):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(sample_root, tmp_path, monkeypatch):
-    import common.stage as stage_mod
+    import common.training.stage as stage_mod
 
     extra = ["--epochs", "2", "--frames-per-video", "8"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
@@ -179,7 +179,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(sample_root, tmp
 def test_torchrun_two_processes_write_one_set_of_files(sample_root, tmp_path):
     # The stage script's own code, with the AUC part of the collapse rule off (an untrained model).
     script = tmp_path / "train_bg_stage1_untrained.py"
-    script.write_text("import sys\nimport common.metrics\ncommon.metrics.COLLAPSE_AUC = -1.0\n"
+    script.write_text("import sys\nimport common.training.metrics\ncommon.training.metrics.COLLAPSE_AUC = -1.0\n"
                       "from common.cli import run_stage\n"
                       "sys.exit(run_stage('bg', 'stage1_faceforensics'))\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
@@ -198,7 +198,7 @@ def test_torchrun_two_processes_write_one_set_of_files(sample_root, tmp_path):
 def test_dfdc_resume_continues_in_the_chunk_where_it_stopped(chained, sample_root, tmp_path, monkeypatch):
     """Stopped after one step of chunk 1 (the second chunk): --resume finishes that chunk and
     ends with the uninterrupted run's weights; the metrics show the chunks in the given order."""
-    import common.stage as stage_mod
+    import common.training.stage as stage_mod
 
     work, _ = chained
     extra = ["--init", str(stage_paths(work / "ck", "tm", "stage2_celebdf").best), "--frames-per-video", "4"]
@@ -235,7 +235,7 @@ def _m(auc, collapsed):
 
 
 def test_selection_never_prefers_a_collapsed_epoch():
-    from common.stage import better
+    from common.training.stage import better
 
     state = {"best_auc": -math.inf}
     assert better(_m(0.99, True), state)                     # first epoch: anything
@@ -249,7 +249,7 @@ def test_selection_never_prefers_a_collapsed_epoch():
 
 
 def test_all_collapsed_stage_exits_3_and_the_next_stage_refuses_it(sample_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("common.metrics.COLLAPSE_AUC", 1.01)  # every epoch counts as collapsed
+    monkeypatch.setattr("common.training.metrics.COLLAPSE_AUC", 1.01)  # every epoch counts as collapsed
     code = run_stage("bg", "stage1_faceforensics", args(sample_root, tmp_path, "stage1_faceforensics"))
     err = capsys.readouterr().err
     assert code == 3 and "every epoch collapsed" in err
@@ -272,7 +272,7 @@ def test_an_interrupted_previous_stage_is_refused_unless_init(chained, sample_ro
     ck = tmp_path / "ck"
     ck.mkdir()
     last = load_checkpoint(src.last, "rr")  # a mid-stage state: stage_finished False
-    from common.checkpoints import save_checkpoint
+    from common.training.checkpoints import save_checkpoint
     save_checkpoint(last, stage_paths(ck, "rr", "stage1_faceforensics").best)
     code = run_stage("rr", "stage2_celebdf", args(sample_root, tmp_path, "stage2_celebdf"))
     err = capsys.readouterr().err.strip().splitlines()
@@ -280,14 +280,14 @@ def test_an_interrupted_previous_stage_is_refused_unless_init(chained, sample_ro
     assert "stopped before its last epoch" in err[0] and "--init" in err[0]
     prev = stage_paths(ck, "rr", "stage1_faceforensics").best
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("common.metrics.COLLAPSE_AUC", -1.0)
+        mp.setattr("common.training.metrics.COLLAPSE_AUC", -1.0)
         code = run_stage("rr", "stage2_celebdf", args(sample_root, tmp_path, "stage2_celebdf", "--init", str(prev)))
     assert code == 0
     assert load_checkpoint(stage_paths(ck, "rr", "stage2_celebdf").best)["start"]["kind"] == "init"
 
 
 def test_av_audio_branch_gets_the_stage4_multiplier():
-    from common.engine import make_optimizer
+    from common.training.engine import make_optimizer
     from common.model import AV_AUDIO_FUSION, build_student, lr_multipliers
     from common.recipes import RECIPES
 
@@ -315,7 +315,7 @@ def test_a_student_learns_a_separable_task():
 
     from torch.utils.data import DataLoader
 
-    from common.engine import make_optimizer, make_precision, train_one_epoch, validate
+    from common.training.engine import make_optimizer, make_precision, train_one_epoch, validate
     from common.model import build_student
 
     def videos(n, seed):
@@ -348,7 +348,7 @@ def test_a_student_learns_a_separable_task():
 
 def test_a_stage_picks_the_non_collapsed_epoch_over_better_collapsed_ones(sample_root, tmp_path, monkeypatch):
     """Epoch AUCs 0.99 (collapsed), 0.60, 0.95 (collapsed): the checkpoint is epoch 2's."""
-    import common.engine as engine
+    import common.training.engine as engine
 
     real, calls = engine.evaluate, {"n": 0}
     script = [(0.99, True), (0.60, False), (0.95, True)]

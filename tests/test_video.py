@@ -1,4 +1,4 @@
-"""common.video: probing, sparse decoding (with seeks) and evenly spaced sample points."""
+"""common.faces.video: probing, sparse decoding (with seeks) and evenly spaced sample points."""
 from __future__ import annotations
 
 import os
@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from common import video
+from common.faces import video
 from common.errors import UserError
-from common.video import BadVideoError, count_frames, probe, read_frames, sample_points
+from common.faces.video import BadVideoError, count_frames, probe, read_frames, sample_points
 
 
 def write_mp4(path, frames, fps=25.0, audio=None, sample_rate=44100, gop=None, faststart=False):
@@ -205,7 +205,7 @@ def test_absurd_headers_are_bad_videos_before_any_decoding(tmp_path):
         probe(long)
     # the crafted file costs a process next to nothing: peak memory well under 200 MB
     # VmHWM, not ru_maxrss: the latter keeps the forking pytest process's peak across exec.
-    code = ("import sys\nfrom common.video import probe, BadVideoError\n"
+    code = ("import sys\nfrom common.faces.video import probe, BadVideoError\n"
             "try:\n    probe(sys.argv[1])\nexcept BadVideoError as e:\n    print(e.reason)\n"
             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Views (common/views.py): what each specialist is served, and that its evidence survives.
+"""Views (common/faces/views.py): what each specialist is served, and that its evidence survives.
 
 native: the frame's own pixels on its 8-px grid (CM); context: a wider box for BG; face: the
 rest. One decode and one set of boxes make all three; the cache keeps them side by side.
@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from common import stage_data as sd
-from common.augment import ClipAugmenter, augmenter_for, view_level
-from common.datasets import VideoRecord
-from common.extraction import extract_video, recorded_face_settings, video_crops, video_views
-from common.face_cache import FaceCache
-from common.faces import make_detector
+from common.training import stage_data as sd
+from common.training.augment import ClipAugmenter, augmenter_for, view_level
+from common.data.datasets import VideoRecord
+from common.faces.extraction import extract_video, recorded_face_settings, video_crops, video_views
+from common.faces.cache import FaceCache
+from common.faces.detectors import make_detector
 from common.recipes import AUGMENTATION_LEVELS
-from common.sample_data import face_video, write_mp4
-from common.views import (GRID, MODEL_VIEWS, STORED_VIEWS, blockiness_phase, context_box, native_box,
+from common.data.synthetic import face_video, write_mp4
+from common.faces.views import (GRID, MODEL_VIEWS, STORED_VIEWS, blockiness_phase, context_box, native_box,
                           recorded_view, view_of)
 
 S = 48  # crop side: a multiple of 16, so the native view may be flipped

@@ -110,8 +110,8 @@ def ensure_video(folder: str | os.PathLike, index: int = 0, width: int = 1920, h
     to draw and encode. The face must be found by the Haar detector, else the benchmark
     would be measuring the no-face path.
     """
-    from common.faces import face_box, make_detector
-    from common.sample_data import face_video, write_mp4
+    from common.faces.detectors import face_box, make_detector
+    from common.data.synthetic import face_video, write_mp4
 
     face_px = face_px or max(48, int(min(width, height) * 0.3))
     path = video_path(folder, index, width, height, seconds, fps, face_px)
@@ -134,7 +134,7 @@ def ensure_video(folder: str | os.PathLike, index: int = 0, width: int = 1920, h
 def face_crops(n_points: int, clip_len: int, size: int, seed: int = 0) -> np.ndarray:
     """uint8 [N, T, S, S, 3] crops that look like the cache's (a face filling the crop, moving
     a little), so CLAHE and the bilateral filter work on realistic content."""
-    from common.sample_data import face_video
+    from common.data.synthetic import face_video
 
     frames = face_video(clip_len + n_points, size=(size, size), identity=seed % 8, seed=seed,
                         face_px=size)
@@ -143,12 +143,12 @@ def face_crops(n_points: int, clip_len: int, size: int, seed: int = 0) -> np.nda
 
 def write_fake_cache(cache, n_videos: int, seed: int = 0, crops: np.ndarray | None = None,
                      fps: float = 30.0) -> list:
-    """Complete FaceCache entries (.npy + .json, the layout common.face_cache writes) for
+    """Complete FaceCache entries (.npy + .json, the layout common.faces.cache writes) for
     n_videos synthetic videos, half real and half fake; returns their VideoRecords.
     Entries already there are kept. All videos share one crop array (content does not
     change the cost of reading or augmenting it)."""
-    from common.datasets import VideoRecord
-    from common.face_cache import CACHE_VERSION
+    from common.data.datasets import VideoRecord
+    from common.faces.cache import CACHE_VERSION
     n, t, s = cache.frames_per_video, cache.clip_len, cache.crop_size
     if crops is None:
         crops = face_crops(n, t, s, seed)

@@ -1,4 +1,4 @@
-"""Engine overhead: common.engine.train_one_epoch against a minimal hand-written loop.
+"""Engine overhead: common.training.engine.train_one_epoch against a minimal hand-written loop.
 
     python -m tests.benchmarks.bench_engine [--backbone mobilenet_v3_small] [--rounds 6]
 
@@ -29,7 +29,7 @@ TARGET_OVERHEAD = 0.05
 def engine_loop(model, opt, sched, loss_fn, precision, batches, grad_clip: float | None = None) -> dict:
     from tqdm import tqdm
 
-    from common.engine import train_one_epoch
+    from common.training.engine import train_one_epoch
 
     bar = tqdm(total=len(batches), file=io.StringIO(), mininterval=0)  # renders, to nowhere
     try:
@@ -42,7 +42,7 @@ def engine_loop(model, opt, sched, loss_fn, precision, batches, grad_clip: float
 def run(args) -> dict:
     import torch
 
-    from common.engine import make_optimizer, make_precision
+    from common.training.engine import make_optimizer, make_precision
     from common.losses import build_loss
     from common.model import CLIP_MODELS, build_student
     from common.recipes import RECIPES
@@ -58,7 +58,7 @@ def run(args) -> dict:
                 "video": [f"v{i}" for i in range(args.batch_size)]}
                for _ in range(args.steps)]
     if args.model == "av":
-        from common.audio import MEL_WINDOW, N_MELS
+        from common.data.audio import MEL_WINDOW, N_MELS
 
         for b in batches:
             b["mel"] = torch.randn(args.batch_size, 1, N_MELS, MEL_WINDOW, generator=g)
@@ -138,7 +138,7 @@ def run(args) -> dict:
             rounds=args.rounds, stage=args.stage, loss=recipe.loss, device="cpu",
             threads=args.threads,
             amp="off (CPU)", data="batches held in memory, same for both sides",
-            engine_side="common.engine.train_one_epoch + make_optimizer (AdamW + warmup-cosine) "
+            engine_side="common.training.engine.train_one_epoch + make_optimizer (AdamW + warmup-cosine) "
                         "+ make_precision + tqdm + on_step",
             hand_side="forward, loss, zero_grad, backward, AdamW step"),
     })

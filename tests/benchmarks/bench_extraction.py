@@ -5,7 +5,7 @@
 
 Per video and round, side by side, order rotating:
   decode         PyAV decodes every frame, converts none (what no extractor can beat)
-  extract_yunet  common.extraction.extract_video with YuNet (the default detector): the real
+  extract_yunet  common.faces.extraction.extract_video with YuNet (the default detector): the real
                  cache entry (N x T crops, boxes, json), the face detected on a frame the
                  decoder has already shrunk to --detect-max-side, at the key points
                  (boxes interpolated in between where neighbours agree: crops.key_points)
@@ -38,10 +38,10 @@ DFDC_VIDEOS = 120_000
 
 
 def decode_all(path: str) -> int:
-    """The floor: demux and decode every frame (decoder threads as common.video uses them)."""
+    """The floor: demux and decode every frame (decoder threads as common.faces.video uses them)."""
     import av
 
-    from common import video
+    from common.faces import video
 
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -53,8 +53,8 @@ def naive(path: str, n_first: int, detector, size: int) -> int:
     """Decode, convert to RGB and detect on every frame at full resolution, crop the face."""
     import av
 
-    from common import video
-    from common.faces import crop_box, face_box
+    from common.faces import video
+    from common.faces.detectors import crop_box, face_box
 
     done = 0
     with av.open(path) as container:
@@ -75,8 +75,8 @@ def breakdown(path: str, cache, detector) -> dict:
     are timed around the detector and the cropper; the rest is decoding and bookkeeping."""
     import time
 
-    from common import crops as C
-    from common.extraction import video_views
+    from common.faces import crops as C
+    from common.faces.extraction import video_views
 
     t = {"total_s": 0.0, "detect_s": 0.0, "crop_s": 0.0, "detections": 0}
 
@@ -111,10 +111,10 @@ def breakdown(path: str, cache, detector) -> dict:
 def run(args) -> dict:
     import cv2
 
-    from common.extraction import extract_video
-    from common.face_cache import FaceCache
-    from common.faces import HaarDetector, make_detector
-    from common.video import probe, single_threaded_decoding
+    from common.faces.extraction import extract_video
+    from common.faces.cache import FaceCache
+    from common.faces.detectors import HaarDetector, make_detector
+    from common.faces.video import probe, single_threaded_decoding
 
     cv2.setNumThreads(args.cv2_threads)  # the extraction workers run with one OpenCV thread
     if args.decode_threads == "none":  # as the pool's workers decode

@@ -4,7 +4,7 @@
 
 One call on a CUDA machine. A slice of a stage-1 epoch (the BG student, efficientnet_b4 at
 224, the stage-1 recipe: AdamW + warmup-cosine, cross-entropy, "minimal" augmentation on the
-device) runs through common.engine.train_one_epoch exactly as training does, in two modes on
+device) runs through common.training.engine.train_one_epoch exactly as training does, in two modes on
 the same card, alternating, several rounds:
   - amp:  channels_last weights, autocast (bf16 where supported, else fp16 + grad scaler);
   - fp32: default memory format, no autocast (what --no-amp trains with).
@@ -49,9 +49,9 @@ def loader_batches(args) -> list[dict]:
     import torch
     from torch.utils.data import DataLoader
 
-    from common.face_cache import FaceCache
+    from common.faces.cache import FaceCache
     from common.preprocess import ClipTransform
-    from common.samples import EpochSampler, FaceSamples, collate_samples
+    from common.data.samples import EpochSampler, FaceSamples, collate_samples
 
     cache = FaceCache(args.cache_dir, "bench_gpu", args.image_size, args.points, 1, "haar")
     records = S.write_fake_cache(cache, args.videos)
@@ -84,8 +84,8 @@ class Trainer:
         import torch
         from torch.nn.parallel import DistributedDataParallel
 
-        from common.augment import augmenter_for
-        from common.engine import make_optimizer, make_precision
+        from common.training.augment import augmenter_for
+        from common.training.engine import make_optimizer, make_precision
         from common.losses import build_loss
         from common.model import build_student
         from common.recipes import RECIPES
@@ -94,7 +94,7 @@ class Trainer:
         torch.manual_seed(0)
         model = build_student("bg", backbone=args.backbone, pretrained="none").to(device)
         if amp and device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)  # as common.stage does
+            model = model.to(memory_format=torch.channels_last)  # as common.training.stage does
         self.net = model
         if ddp_info is not None and ddp_info.enabled:
             self.net = DistributedDataParallel(
@@ -110,7 +110,7 @@ class Trainer:
 
     def run(self, batches: list[dict]) -> float:
         """Seconds for these batches, the device drained before and after."""
-        from common.engine import train_one_epoch
+        from common.training.engine import train_one_epoch
 
         sync(self.device)
         t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def reset_peak(device) -> None:
 
 def augment_seconds(trainer: Trainer, batch: dict, repeats: int) -> float:
     """Seconds of the on-device augmentation of one batch (median of `repeats`)."""
-    frames = batch["frames"].to(trainer.device).contiguous()  # as common.engine.to_device
+    frames = batch["frames"].to(trainer.device).contiguous()  # as common.training.engine.to_device
     times = []
     for _ in range(repeats):
         sync(trainer.device)
@@ -192,7 +192,7 @@ def ddp_child(args) -> None:
     """Inside torchrun: the AMP mode on every rank; rank 0 writes the total rate."""
     import torch
 
-    from common import distributed
+    from common.training import distributed
 
     device_type = "cpu" if args.cpu_smoke else "cuda"
     info = distributed.setup(device_type)

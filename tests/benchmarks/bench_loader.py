@@ -3,9 +3,9 @@ the on-device augmentation's cost, against the model's train step on the same ma
 
     python -m tests.benchmarks.bench_loader [--rounds 2] [--backbone efficientnet_b4]
 
-Side by side, order rotating per round: one worker (as common.stage_data builds it: read the
+Side by side, order rotating per round: one worker (as common.training.stage_data builds it: read the
 uint8 crops, collate; the stage's CLAHE / bilateral filter are in the cache already) for
-{single frame, TM clip}; the stage's ClipAugmenter on a batch (common.augment: it runs on the
+{single frame, TM clip}; the stage's ClipAugmenter on a batch (common.training.augment: it runs on the
 training device, here the CPU); and one optimiser step of the student (BG for single frames,
 TM for clips) on a batch of the same size. From the worker rates it sizes the loader of an
 8-GPU box for the assumed per-GPU rate (--gpu-images-per-s; NOT measured here: see
@@ -42,7 +42,7 @@ def worker_rate(dataset, batch_size: int, batches: int, seed: int) -> float:
     first batch arrives (the worker is started and busy) and stops at the last."""
     from torch.utils.data import DataLoader
 
-    from common.samples import EpochSampler, collate_samples
+    from common.data.samples import EpochSampler, collate_samples
 
     sampler = EpochSampler(dataset.labels, seed=seed, shuffle=True)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=1,
@@ -66,7 +66,7 @@ def core_rate(dataset, n: int, seed: int) -> float:
     import cv2
     import torch
 
-    from common.samples import EpochSampler, collate_samples
+    from common.data.samples import EpochSampler, collate_samples
 
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
@@ -94,12 +94,12 @@ def model_step(model, opt, batch: dict) -> None:
 def run(args) -> dict:
     import torch
 
-    from common.augment import ClipAugmenter
-    from common.face_cache import FaceCache
+    from common.training.augment import ClipAugmenter
+    from common.faces.cache import FaceCache
     from common.model import build_student
     from common.preprocess import ClipTransform
     from common.recipes import RECIPES
-    from common.samples import FaceSamples
+    from common.data.samples import FaceSamples
 
     torch.manual_seed(0)
     # One thread per core's worth of work on both sides; on a shared machine more threads
@@ -114,7 +114,7 @@ def run(args) -> dict:
 
     fns = {}
     for kind, clip in kinds.items():
-        # As common.stage_data.samples_for: the same worker for every stage.
+        # As common.training.stage_data.samples_for: the same worker for every stage.
         ds = FaceSamples(records, cache, clip_len=clip,
                          transform=ClipTransform(args.image_size, preprocessing="none", normalize=False))
         fns[f"worker/{kind}"] = lambda ds=ds: worker_rate(ds, args.batch_size, args.batches, 0)

@@ -4,8 +4,8 @@
 
 Each measurement runs in a fresh child process (peak RSS = its ru_maxrss), so the sizes do
 not share a high-water mark. Training: synthetic face-cache entries (the layout
-common.face_cache writes) read by FaceSamples + DataLoader, stage-4 transform, one epoch of
-common.engine.train_one_epoch. Extraction: build_face_cache over small generated videos.
+common.faces.cache writes) read by FaceSamples + DataLoader, stage-4 transform, one epoch of
+common.training.engine.train_one_epoch. Extraction: build_face_cache over small generated videos.
 Target: the larger size's peak within 10% of the smaller's; the growth is also set against
 the size of the sample index, which has to grow with the dataset.
 """
@@ -36,14 +36,14 @@ def child_train(args, n: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from common.augment import augmenter_for
-    from common.engine import make_optimizer, make_precision, train_one_epoch
-    from common.face_cache import FaceCache
+    from common.training.augment import augmenter_for
+    from common.training.engine import make_optimizer, make_precision, train_one_epoch
+    from common.faces.cache import FaceCache
     from common.losses import build_loss
     from common.model import build_student
     from common.preprocess import ClipTransform
     from common.recipes import RECIPES
-    from common.samples import EpochSampler, FaceSamples
+    from common.data.samples import EpochSampler, FaceSamples
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -70,9 +70,9 @@ def child_train(args, n: int) -> dict:
 
 
 def child_extract(args, n: int) -> dict:
-    from common.datasets import VideoRecord
-    from common.extraction import build_face_cache
-    from common.face_cache import FaceCache
+    from common.data.datasets import VideoRecord
+    from common.faces.extraction import build_face_cache
+    from common.faces.cache import FaceCache
 
     videos = [S.ensure_video(args.video_dir, i, args.width, args.height, args.seconds, args.fps,
                              args.face_px) for i in range(n)]
@@ -97,7 +97,7 @@ def measure(kind: str, n: int, argv: list[str]) -> dict:
 # ----------------------------------------------------------------------------- parent
 
 def run(args, argv: list[str]) -> dict:
-    from common.face_cache import FaceCache
+    from common.faces.cache import FaceCache
 
     cache = FaceCache(args.cache_dir, "bench_memory", args.image_size, args.points, args.clip_len,
                       "haar")

@@ -2,7 +2,7 @@
 
     python -m tests.benchmarks.bench_views [--sources 16] [--steps 40] [--seeds 0 1 2] ...
 
-The same synthetic face videos (common.sample_data.face_video) are written twice, at H.264
+The same synthetic face videos (common.data.synthetic.face_video) are written twice, at H.264
 CRF 18 (label 0) and CRF 35 (label 1). Both views come from one extraction (the one face path,
 Haar boxes). Two CM students with the same seed, backbone, batches and steps are trained, one
 on each view with that view's stage-1 augmentation (augment.view_level), and scored on held-out
@@ -57,9 +57,9 @@ def _vary(clip: np.ndarray, seed: int) -> np.ndarray:
 def make_views(work: Path, sources: int, frames: int, size: tuple[int, int], crfs: tuple[int, int],
                points: int, crop: int) -> dict:
     """{view: (crops [V, points, S, S, 3], labels [V], source [V])} for face and native."""
-    from common.extraction import video_views
-    from common.faces import make_detector
-    from common.sample_data import face_video
+    from common.faces.extraction import video_views
+    from common.faces.detectors import make_detector
+    from common.data.synthetic import face_video
 
     det = make_detector("haar")
     out: dict = {"face": [], "native": [], "label": [], "source": []}
@@ -81,8 +81,8 @@ def make_views(work: Path, sources: int, frames: int, size: tuple[int, int], crf
 def train_and_score(crops: np.ndarray, labels: np.ndarray, train: np.ndarray, view: str,
                     steps: int, batch: int, lr: float, backbone: str, seed: int) -> dict:
     """One CM student on one view for a fixed number of steps; AUCs on the held-out videos."""
-    from common.augment import augmenter_for
-    from common.metrics import binary_metrics
+    from common.training.augment import augmenter_for
+    from common.training.metrics import binary_metrics
     from common.model import build_student
 
     torch.manual_seed(seed)

@@ -194,7 +194,7 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def view_level(level: AugmentLevel, view: str, width: int) -> AugmentLevel:
-    """A recipe's level as fits a view (common/views.py).
+    """A recipe's level as fits a view (common/faces/views.py).
 
     native: photometric only. Any rotation, perspective or blur moves or smooths the codec's
       8x8 grid, which is what CM looks for; a flip keeps every grid line on a 16-px grid only

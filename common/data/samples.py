@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from common.audio import MEL_WINDOW, N_MELS, mel_window
+from common.data.audio import MEL_WINDOW, N_MELS, mel_window
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ class FaceSamples(Dataset):
 
     `clip_len` 1 gives the sample point's own frame (BG, CM, RR); more gives that many
     consecutive frames centred on it (TM, AV). `view` is the kind of crop served
-    (common/views.py: the model's own, views.view_of). Indexing accepts `i` or `(i, seed)`: the seed
-    travels with the sample as "seed" and fixes its augmentation draw (common.augment, on the
+    (common/faces/views.py: the model's own, views.view_of). Indexing accepts `i` or `(i, seed)`: the seed
+    travels with the sample as "seed" and fixes its augmentation draw (common.training.augment, on the
     training device), so results do not depend on worker count, batch or resume point.
     """
 
@@ -110,7 +110,7 @@ def collate_samples(items: list[dict]) -> dict:
     """default_collate, except that uint8 frames stay in the cache's [.., S, S, 3] memory
     order: the batch is a [B, T, 3, S, S] view with channels-last strides, stacked with a plain
     copy. Transposing the channels in the worker was half of a clip's CPU time; the training
-    device does it in common.engine.to_device for next to nothing."""
+    device does it in common.training.engine.to_device for next to nothing."""
     batch = default_collate([{k: v for k, v in it.items() if k != "frames"} for it in items])
     frames = [it["frames"] for it in items]
     if frames[0].dtype == torch.uint8 and frames[0].dim() == 4:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common import distributed
-from common.metrics import evaluate
+from common.training import distributed
+from common.training.metrics import evaluate
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,7 +85,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor) and k not in _HOST_KEYS:
-            # uint8 frames come channels-last (common.samples.collate_samples): transposed here.
+            # uint8 frames come channels-last (common.data.samples.collate_samples): transposed here.
             v = v.to(device, non_blocking=True).contiguous()
         out[k] = v
     return out
@@ -100,7 +100,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
                     on_step=None, stop_requested=lambda: False) -> dict:
     """One pass over `loader`. Returns mean loss, samples seen, samples/s and whether it was stopped.
 
-    `augment(frames, seeds)` (a common.augment.ClipAugmenter) runs on the training device, on
+    `augment(frames, seeds)` (a common.training.augment.ClipAugmenter) runs on the training device, on
     the whole batch, before the forward pass; the batches then need a "seed" per sample.
     `on_step(batches_done)` runs after every optimiser step (used for mid-epoch saves);
     `stop_requested()` ends the epoch early after the current step (SIGTERM/SIGINT).

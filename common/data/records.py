@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Iterable
 
 # Every indexer logs under the public module's name, as before the split into modules,
-# so log filters (and tests) that select "common.datasets" still see all of them.
-logger = logging.getLogger("common.datasets")
+# so log filters (and tests) that select "common.data.datasets" still see all of them.
+logger = logging.getLogger("common.data.datasets")
 
 SPLITS = ("train", "val", "test")
 _MAX_SKIP_LOGS = 20  # individual skip lines; the rest only show up in the final count

@@ -6,8 +6,8 @@
   native   a crop-size patch at the frame's own resolution (no resampling), centred on the
            face, its origin on the frame's 8-px grid: CM (the codec's 8x8 DCT blocks survive)
 
-All views come from the same decode and the same face boxes (common/extraction.py), and are
-cached side by side in one entry (common/face_cache.py), shared by the five models.
+All views come from the same decode and the same face boxes (common/faces/extraction.py), and are
+cached side by side in one entry (common/faces/cache.py), shared by the five models.
 MODEL_VIEWS is the one place a model's view is declared.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from common.checkpoints import atomic_write
+from common.data.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ def progress(cfg, state: str, *, epoch: int, epochs: int, main: bool, best_auc: 
     """Refresh the progress section of the status file (rank 0 only; never fatal)."""
     if not main or cfg.status_file is None:
         return
-    from common.status import live_row, update_status_file
+    from common.training.progress import live_row, update_status_file
 
     if collapsed and state == "running":
         state = f"collapsed at epoch {epoch}"
@@ -82,7 +82,7 @@ def curves_plot(history: list[dict], path: Path, title: str) -> None:
 
 def stage_plots(paths, history: list[dict], ids, labels, logits, temperature: float) -> None:
     """`<stem>.roc.png` (calibrated validation, video level) and `<stem>.curves.png`."""
-    from common.metrics import softmax_fake, video_scores
+    from common.training.metrics import softmax_fake, video_scores
 
     stem = paths.best.with_suffix("")
     try:

@@ -7,13 +7,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from common.dataset_layout import _check_root, _mp4s, _rel
+from common.data.layout import _check_root, _mp4s, _rel
 from common.errors import DatasetLayoutError
-from common.group_splits import _rank
-from common.identity_split import MAX_DROPPED_FAKES, choose_val_identities
-from common.video_records import IndexReport, VideoRecord, _finish
+from common.data.group_splits import _rank
+from common.data.identity_split import MAX_DROPPED_FAKES, choose_val_identities
+from common.data.records import IndexReport, VideoRecord, _finish
 
-logger = logging.getLogger("common.datasets")  # see common.video_records
+logger = logging.getLogger("common.data.datasets")  # see common.data.records
 
 _CDF_EXPECT = "expected a Celeb-DF v2 root with Celeb-real/ and Celeb-synthesis/"
 _CDF_FOLDERS = ("Celeb-real", "YouTube-real", "Celeb-synthesis")
@@ -115,7 +115,7 @@ def _log_celebdf_drops(records: list[VideoRecord], dropped: int, val_ids: set[st
 
 
 def _celebdf_val(items, val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
-    """Validation identities (fewest fakes across the cut, common.identity_split) and, drawn
+    """Validation identities (fewest fakes across the cut, common.data.identity_split) and, drawn
     separately, the YouTube reals held out."""
     if val_fraction <= 0:
         return set(), set()

@@ -1,7 +1,7 @@
 """Face extraction: sampling, detection, cropping and the worker pool.
 
 One face path for everything: training, validation and `common.ensemble predict` all get
-a video's crops from `video_views` (through `extract_video`; every view of common/views.py
+a video's crops from `video_views` (through `extract_video`; every view of common/faces/views.py
 from one decode and one set of face boxes), with the settings recorded
 in the cache entry and in the checkpoint. Every video is detected on its own frames, fakes
 included. A sample point without a face of its own borrows the box of the nearest point
@@ -24,15 +24,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from common.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
-from common.crops import detect_and_crop
+from common.data.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
+from common.faces.crops import detect_and_crop
 from common.errors import UserError
-from common.face_cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
+from common.faces.cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
                                file_stamp, shard_of, write_file, write_json)
-from common.faces import (BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE,
+from common.faces.detectors import (BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE,
                           make_detector)
-from common.video import BadVideoError, count_frames, probe, sample_points, single_threaded_decoding
-from common.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
+from common.faces.video import BadVideoError, count_frames, probe, sample_points, single_threaded_decoding
+from common.faces.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
 
 MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
 MIN_USABLE = 0.5       # share of sample points that must show a face
@@ -395,7 +395,7 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     finally:
         bar.close()
     if preview and summary["done"] and not summary["stopped"]:
-        from common.preview import write_preview
+        from common.faces.preview import write_preview
 
         try:
             write_preview(cache, mine)

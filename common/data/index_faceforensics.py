@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from common.dataset_layout import _check_root, _mp4s, _rel
+from common.data.layout import _check_root, _mp4s, _rel
 from common.errors import DatasetLayoutError
-from common.group_splits import _components, _fallback_splits
-from common.video_records import SPLITS, IndexReport, VideoRecord, _finish
+from common.data.group_splits import _components, _fallback_splits
+from common.data.records import SPLITS, IndexReport, VideoRecord, _finish
 
-logger = logging.getLogger("common.datasets")  # see common.video_records
+logger = logging.getLogger("common.data.datasets")  # see common.data.records
 
 DEFAULT_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
 _FF_EXPECT = "expected a FaceForensics++ root with original_sequences/ and manipulated_sequences/"

@@ -1,6 +1,6 @@
 """What a stage writes beside its checkpoints: metrics lines, the skipped-video list, logs.
 
-Kept apart from `common.stage` so the stage reads as the recipe's life, and these small
+Kept apart from `common.training.stage` so the stage reads as the recipe's life, and these small
 file chores can be found (and tested) on their own.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from common.checkpoints import atomic_write
+from common.data.atomic import atomic_write
 from common.errors import UserError
-from common.face_cache import AUDIO_FAILED
+from common.faces.cache import AUDIO_FAILED
 
 log = logging.getLogger("train")
 

@@ -19,24 +19,24 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import distributed, reports
-from common.checkpoints import (CheckpointWriteError, capture_rng, load_checkpoint, restore_rng,
+from common.training import distributed, reports
+from common.training.checkpoints import (CheckpointWriteError, capture_rng, load_checkpoint, restore_rng,
                                 save_checkpoint, stage_paths, weights_fingerprint)
 from common.chunks import check_chunks, iter_chunks
-from common.datasets import part_dirs
-from common.engine import (NonFiniteLossError, make_optimizer, make_precision, predict,
+from common.data.datasets import part_dirs
+from common.training.engine import (NonFiniteLossError, make_optimizer, make_precision, predict,
                            train_one_epoch, validate)
 from common.errors import CheckpointError, UserError
-from common.extraction import recorded_face_settings
-from common.face_cache import CacheWriteError
+from common.faces.extraction import recorded_face_settings
+from common.faces.cache import CacheWriteError
 from common.losses import build_loss
-from common.metrics import evaluate, fit_temperature
+from common.training.metrics import evaluate, fit_temperature
 from common.model import MODEL_NAMES, build_student, lr_multipliers, student_from_options
 from common.recipes import FINAL_STAGE, RECIPES, script_name
-from common import stage_data as sd
-from common.run_guard import acquire, check_not_overwriting, check_resume_flags, release, run_flags
-from common.views import view_of
-from common.run_files import (append_jsonl, check_writable, data_summary, missing_rels, remove_stale_temps,
+from common.training import stage_data as sd
+from common.training.run_guard import acquire, check_not_overwriting, check_resume_flags, release, run_flags
+from common.faces.views import view_of
+from common.training.run_files import (append_jsonl, check_writable, data_summary, missing_rels, remove_stale_temps,
                                report_epoch, skipped_path, tensorboard_writer, write_skipped)
 
 log = logging.getLogger("train")

@@ -1,10 +1,10 @@
 """Cropping decoded frames: the face box of a frame and every view's crop of it, in one pass.
 
 One streaming pass over the sampled frames (detect_and_crop) gives every view of every run
-from the same decoded frame and the same face box (common/views.py). The detector runs at
+from the same decoded frame and the same face box (common/faces/views.py). The detector runs at
 key points (key_points); the runs between two key points whose boxes agree take a box
 interpolated in time, the others are detected too. The sampling rules around it (which runs
-keep a face, how long a gap may be bridged, the stride) are common/extraction.py's.
+keep a face, how long a gap may be bridged, the stride) are common/faces/extraction.py's.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.faces import (Box, box_iou, crop_box, detect_size, fill_near, is_flat, largest_face,
+from common.faces.detectors import (Box, box_iou, crop_box, detect_size, fill_near, is_flat, largest_face,
                           square_box)
-from common.video import RegionConverter, iter_decoded, luma
-from common.views import context_box, native_box, run_length
+from common.faces.video import RegionConverter, iter_decoded, luma
+from common.faces.views import context_box, native_box, run_length
 
 
 class Cropper:

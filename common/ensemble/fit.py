@@ -21,17 +21,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from common.checkpoints import atomic_write, stage_paths
-from common.datasets import detect_layout, index_dataset
-from common.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line,
+from common.data.atomic import atomic_write
+from common.training.checkpoints import stage_paths
+from common.data.datasets import detect_layout, index_dataset
+from common.ensemble.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line,
                              check_external, load_students, logit, make_cache, pick_device,
                              score_videos)
 from common.errors import DatasetLayoutError, UserError
-from common.extraction import build_face_cache
-from common.metrics import binary_metrics
+from common.faces.extraction import build_face_cache
+from common.training.metrics import binary_metrics
 from common.recipes import DEFAULTS, RECIPES
-from common.reports import roc_plot
-from common.stage_data import cap_per_split
+from common.training.reports import roc_plot
+from common.training.stage_data import cap_per_split
 
 CHANCE_MARGIN = 0.05  # |AUC - 0.5| below this: the student adds nothing but noise
 MIN_PER_CLASS = 2     # fewer real or fake validation videos than this: refuse to fit

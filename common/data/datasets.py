@@ -7,21 +7,21 @@ used are logged and counted in an optional `IndexReport`.
 
 This module is the public entry point: `index_dataset` picks the indexer by name, and
 every name other modules import from here is re-exported. The work lives in
-`common.video_records` (records, skip report), `common.dataset_layout` (roots, layout
-detection, DFDC parts), `common.group_splits` (grouped fallback splits) and one module
-per dataset: `common.index_faceforensics`, `common.index_celebdf`, `common.index_dfdc`.
+`common.data.records` (records, skip report), `common.data.layout` (roots, layout
+detection, DFDC parts), `common.data.group_splits` (grouped fallback splits) and one module
+per dataset: `common.data.index_faceforensics`, `common.data.index_celebdf`, `common.data.index_dfdc`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from common.dataset_layout import detect_layout, part_dirs
+from common.data.layout import detect_layout, part_dirs
 from common.errors import DatasetLayoutError
-from common.identity_split import MAX_DROPPED_FAKES
-from common.index_celebdf import index_celebdf
-from common.index_dfdc import index_dfdc
-from common.index_faceforensics import DEFAULT_METHODS, index_faceforensics
-from common.video_records import SPLITS, IndexReport, VideoRecord, summarize
+from common.data.identity_split import MAX_DROPPED_FAKES
+from common.data.index_celebdf import index_celebdf
+from common.data.index_dfdc import index_dfdc
+from common.data.index_faceforensics import DEFAULT_METHODS, index_faceforensics
+from common.data.records import SPLITS, IndexReport, VideoRecord, summarize
 
 __all__ = ["DATASETS", "DEFAULT_METHODS", "MAX_DROPPED_FAKES", "SPLITS", "IndexReport", "VideoRecord",
            "detect_layout", "index_celebdf", "index_dataset", "index_dfdc", "index_faceforensics",

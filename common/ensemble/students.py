@@ -3,13 +3,13 @@
 Each student gives a calibrated video score p = mean over the video's sampled frames (or
 clips) of softmax(logits / T)[fake]. A combiner is a logistic regression on logit(p):
     fused = sigmoid(intercept + sum_i weight_i * logit(p_i))
-fit on the validation videos the students' checkpoints list (common/ensemble_fit.py); a
+fit on the validation videos the students' checkpoints list (common/ensemble/fit.py); a
 student at chance there gets weight 0. One combiner is fit for every subset of the useful
 students, so a student missing at predict time means the combiner fit without it, never a
 made-up 0.5.
 
 Students: `<name>_model_student.pt` for the five built-in names, `ll`, and any other name;
-each is this suite's student format or a TorchScript module (common/external_student.py).
+each is this suite's student format or a TorchScript module (common/ensemble/external.py).
 """
 from __future__ import annotations
 
@@ -23,17 +23,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.checkpoints import load_checkpoint, weights_fingerprint
-from common.external_student import ExternalStudent, check_contract, is_torchscript, load_external
-from common.engine import make_precision, predict
+from common.training.checkpoints import load_checkpoint, weights_fingerprint
+from common.ensemble.external import ExternalStudent, check_contract, is_torchscript, load_external
+from common.training.engine import make_precision, predict
 from common.errors import CheckpointError, UserError
-from common.face_cache import FaceCache
-from common.metrics import softmax_fake, video_scores
+from common.faces.cache import FaceCache
+from common.training.metrics import softmax_fake, video_scores
 from common.model import CLIP_MODELS, MODEL_NAMES, StudentModel, student_from_options
 from common.preprocess import ClipTransform
 from common.recipes import DEFAULTS, RECIPES
-from common.samples import FaceSamples
-from common.views import VIEWS, recorded_view
+from common.data.samples import FaceSamples
+from common.faces.views import VIEWS, recorded_view
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
 STUDENT_SUFFIX = "_model_student.pt"

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from common.face_cache import FaceCache, write_file
+from common.faces.cache import FaceCache, write_file
 
 TILE = 64
 

@@ -1,10 +1,10 @@
 """The ensemble's command line: fit a combiner, score video files.
 
-  python -m common.ensemble fit --checkpoint-dir DIR --data ROOT     (common/ensemble_fit.py)
+  python -m common.ensemble fit --checkpoint-dir DIR --data ROOT     (common/ensemble/fit.py)
   python -m common.ensemble predict VIDEO [VIDEO ...] [--json]
 
-The students and the fusion of their scores live in common/students.py; predict crops each
-video through the one face path (common/extraction.py) with the students' recorded settings.
+The students and the fusion of their scores live in common/ensemble/students.py; predict crops each
+video through the one face path (common/faces/extraction.py) with the students' recorded settings.
 """
 from __future__ import annotations
 
@@ -20,17 +20,17 @@ from typing import Sequence
 import torch
 
 from common.cli import positive_int
-from common.datasets import VideoRecord
-from common.ensemble_fit import run_fit
+from common.data.datasets import VideoRecord
+from common.ensemble.fit import run_fit
 from common.errors import UserError
-from common.extraction import extract_video, face_settings
-from common.face_cache import NoFaceError
-from common.faces import DETECTORS, make_detector
+from common.faces.extraction import extract_video, face_settings
+from common.faces.cache import NoFaceError
+from common.faces.detectors import DETECTORS, make_detector
 from common.recipes import DEFAULTS
-from common.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
+from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
                              load_ensemble, load_student, make_cache, pick_device, score_videos,
                              student_path, views_needed)
-from common.video import BadVideoError, probe
+from common.faces.video import BadVideoError, probe
 
 
 def predictor_students(ens: dict, checkpoint_dir: Path) -> tuple[dict[str, Student], list[str]]:
@@ -184,7 +184,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

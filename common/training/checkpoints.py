@@ -1,10 +1,10 @@
-"""Checkpoint files: names on disk, atomic writes, strict loading, RNG state.
+"""Checkpoint files: names on disk, strict loading, RNG state.
 
 torch is imported inside the functions that need it, so the status table and the file
 helpers load without it.
 
-Every write goes to a temporary file in the same folder, is fsynced, then renamed over
-the target, so a crash or a full disk mid-save leaves the previous file intact.
+Every write goes through common/data/atomic.py (temp file, fsync, rename), so a crash or a
+full disk mid-save leaves the previous file intact.
 """
 from __future__ import annotations
 
@@ -12,23 +12,15 @@ import io
 import os
 import platform
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
-from common.errors import CheckpointError
+from common.data.atomic import atomic_write
+from common.errors import CheckpointError, CheckpointWriteError  # noqa: F401 (re-exported)
 
 FORMAT_VERSION = 1
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK  # what open() would give: every file we write gets the same mode
-
-
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint (or other atomic) write failed: full disk, quota, read-only folder."""
 
 
 @dataclass(frozen=True)
@@ -44,36 +36,6 @@ def stage_paths(checkpoint_dir: str | os.PathLike, model: str, stage: str) -> St
     base = f"{model}_{stage}"
     return StagePaths(d / f"{base}.pt", d / f"{base}_last.pt", d / f"{base}.metrics.jsonl",
                       d / f"{model}_model_student.pt")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Run `write(fileobj)` into a temp file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointWriteError(f"cannot write {path}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp makes 0600
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise CheckpointWriteError(f"cannot write {path}: {e.strerror or e} (the previous file is untouched)") from e
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(p: str) -> None:
-    try:
-        os.remove(p)
-    except OSError:
-        pass
 
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:

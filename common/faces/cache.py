@@ -4,7 +4,7 @@ Layout under <root>/<dataset>_s<crop>_n<N>_t<T>_<detector>[_<preprocessing>]/, p
 key (rel with "/" turned into "__", extension dropped):
   <key>.npy       uint8 [K, T, S, S, 3] RGB face-view crops, K <= N: one run of T consecutive
                   frames per sample point that shows a face (points without one are dropped)
-  <key>.<view>.npy  the same points in another view (common/views.py: context, native), the
+  <key>.<view>.npy  the same points in another view (common/faces/views.py: context, native), the
                   run's centre frame only ([K, 1, S, S, 3]) unless a clip model reads it; the
                   entry's meta lists its views, and an entry lacking one the cache stores is
                   redone (the face crops of an older entry stay readable meanwhile)
@@ -14,10 +14,10 @@ key (rel with "/" turned into "__", extension dropped):
                   the video file keeps its size and mtime, unless asked to
   <key>.lock      taken (flock) by the process extracting the video; never deleted
   preview.png     a contact sheet of some entries' crops, rows labelled real / fake
-Every file is written by common.checkpoints.atomic_write (a temp name unique to the
+Every file is written by common.data.atomic.atomic_write (a temp name unique to the
 process, fsync, rename), so a killed run leaves either a complete entry or one without
 json, which is redone; no process ever deletes another's files.
-Extraction itself is common/extraction.py.
+Extraction itself is common/faces/extraction.py.
 """
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from common.checkpoints import atomic_write
+from common.data.atomic import atomic_write
 from common.errors import UserError
 from common.recipes import DEFAULTS
-from common.views import STORED_VIEWS, check_view, run_length
+from common.faces.views import STORED_VIEWS, check_view, run_length
 
 CACHE_VERSION = 3  # 2: own detections only, points without a face dropped (K <= N runs);
 #                    3: boxes interpolated between agreeing detections (DETECT_STRIDE)

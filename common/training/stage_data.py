@@ -13,15 +13,15 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from common import distributed
-from common.augment import ClipAugmenter, augmenter_for
-from common.datasets import index_dataset
-from common.extraction import build_face_cache
-from common.face_cache import FaceCache
+from common.training import distributed
+from common.training.augment import ClipAugmenter, augmenter_for
+from common.data.datasets import index_dataset
+from common.faces.extraction import build_face_cache
+from common.faces.cache import FaceCache
 from common.model import CLIP_MODELS
 from common.preprocess import ClipTransform
-from common.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
-from common.views import view_of
+from common.data.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
+from common.faces.views import view_of
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def samples_for(records: Sequence, cache: FaceCache, cfg, recipe, train: bool,
 
 def train_augmenter(recipe, model: str | None = None, crop_size: int = 224) -> ClipAugmenter | None:
     """The recipe's augmentation as fits the model's view (augment.view_level), for
-    common.engine.train_one_epoch(augment=...)."""
+    common.training.engine.train_one_epoch(augment=...)."""
     return augmenter_for(recipe.augmentation, view_of(model), crop_size)
 
 

@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from common.checkpoints import FILE_MODE
+from common.data.atomic import FILE_MODE
 from common.errors import UserError
 
 

@@ -1,0 +1,122 @@
+"""Training progress: one row per model and stage, read from checkpoints and metrics files.
+
+`python -m common.status [--checkpoint-dir DIR]` prints the table and exits 1 when any
+stage collapsed or failed. The stage scripts write the same table into TRAINING_STATUS.md
+between two markers, leaving every other line of that file as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from common.data.atomic import atomic_write
+from common.training.checkpoints import stage_paths
+from common.recipes import MODEL_NAMES, RECIPES
+
+START = "<!-- training-progress:start (rewritten by the training scripts; edit outside) -->"
+END = "<!-- training-progress:end -->"
+BAD_STATES = ("failed", "collapsed")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The readable lines of a metrics file (a torn last line from a crash is ignored)."""
+    if not path.is_file():
+        return []
+    lines = []
+    for text in path.read_text(errors="replace").splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def stage_state(checkpoint_dir: Path, model: str, stage: str) -> dict:
+    """State of one stage from its files: not started / stopped at e of n / done / failed / collapsed."""
+    paths = stage_paths(checkpoint_dir, model, stage)
+    lines = read_jsonl(paths.metrics)
+    epochs = [ln for ln in lines if "epoch" in ln and "val" in ln]
+    row = {"model": model, "stage": stage, "state": "not started", "best_auc": math.nan,
+           "epochs_done": len(epochs), "epochs_total": epochs[-1].get("epochs") if epochs else None,
+           "checkpoint": paths.best.name if paths.best.exists() else "-", "updated": "-"}
+    if not lines:
+        return row
+    row["updated"] = lines[-1].get("time", "-")
+    aucs = [ln["val"]["video"]["auc"] for ln in epochs if ln["val"]["video"].get("auc") is not None]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    row["best_auc"] = max(aucs) if aucs else math.nan
+    last = lines[-1]
+    if "failed" in last:
+        row["state"] = "failed"
+    elif "final" in last:
+        row["state"] = "collapsed" if last["final"].get("collapsed") else "done"
+    elif epochs and epochs[-1]["val"]["collapse"]["collapsed"]:
+        row["state"] = f"collapsed at epoch {epochs[-1]['epoch']}"
+    elif epochs:
+        row["state"] = f"stopped after epoch {epochs[-1]['epoch']} of {row['epochs_total'] or '?'}"
+    return row
+
+
+def all_states(checkpoint_dir: Path, live: dict | None = None) -> list[dict]:
+    rows = []
+    for model in MODEL_NAMES:
+        for stage in RECIPES:
+            row = stage_state(checkpoint_dir, model, stage)
+            if live and live["model"] == model and live["stage"] == stage:
+                row.update({k: v for k, v in live.items() if v is not None})
+            rows.append(row)
+    return rows
+
+
+def render_table(rows: list[dict]) -> str:
+    out = ["| model | stage | state | best val video AUC | epochs done | checkpoint | last update |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        auc = "-" if r["best_auc"] is None or math.isnan(r["best_auc"]) else f"{r['best_auc']:.4f}"
+        out.append(f"| {r['model'].upper()} | {r['stage']} | {r['state']} | {auc} | {r['epochs_done']} | "
+                   f"{r['checkpoint']} | {r['updated']} |")
+    return "\n".join(out)
+
+
+def update_status_file(path: Path, checkpoint_dir: Path, live: dict | None = None) -> None:
+    """Rewrite only the text between the markers (appending the section if it is absent)."""
+    table = render_table(all_states(Path(checkpoint_dir), live))
+    section = f"{START}\nCheckpoint folder: `{checkpoint_dir}`\n\n{table}\n{END}"
+    text = Path(path).read_text() if Path(path).exists() else "# Training status\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Training progress\n\n" + section + "\n"
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def live_row(model: str, stage: str, state: str, epoch: int, epochs: int,
+             best_auc: float | None = None) -> dict:
+    label = f"running epoch {epoch} of {epochs}" if state == "running" else state
+    return {"model": model, "stage": stage, "state": label, "best_auc": best_auc,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.status",
+                                description="Print the training progress table from checkpoint files; "
+                                            "exit 1 when a stage failed or collapsed.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                   help="the folder the stage scripts wrote into")
+    args = p.parse_args(argv)
+    if not args.checkpoint_dir.is_dir():
+        print(f"error: checkpoint folder {args.checkpoint_dir} does not exist", file=sys.stderr)
+        return 2
+    rows = all_states(args.checkpoint_dir)
+    print(render_table(rows))
+    bad = [r for r in rows if r["state"].startswith(BAD_STATES)]
+    for r in bad:
+        print(f"attention: {r['model'].upper()} {r['stage']} is {r['state']}", file=sys.stderr)
+    return 1 if bad else 0
