@@ -170,7 +170,9 @@ def parse_config(model: str, stage: str, argv: list[str] | None = None) -> Stage
 def run_stage(model: str, stage: str, argv: list[str] | None = None) -> int:
     """Entry point of every stage script: parse flags, train, map failures to exit codes."""
     config = parse_config(model, stage, argv)  # before torch is imported: --help is instant
-    from common.training.stage import StageInterrupted, TrainingFailed, train_stage
+    from common.training.stage import train_stage
+    from common.training.stage_end import TrainingFailed
+    from common.training.stop_flag import StageInterrupted
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")

@@ -70,7 +70,7 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
 
 
 def test_only_a_finished_stage_is_a_starting_point(tmp_path):
-    from common.training.stage import check_finished
+    from common.training.stage_start import check_finished
 
     path = tmp_path / "bg_stage1_faceforensics.pt"
     check_finished({"stage_finished": True}, path)  # no error

@@ -235,7 +235,7 @@ def _m(auc, collapsed):
 
 
 def test_selection_never_prefers_a_collapsed_epoch():
-    from common.training.stage import better
+    from common.training.stage_end import better
 
     state = {"best_auc": -math.inf}
     assert better(_m(0.99, True), state)                     # first epoch: anything
