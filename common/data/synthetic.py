@@ -176,7 +176,7 @@ def mouth_envelope(n_frames: int, fps: float = 25.0, seed: int = 0) -> np.ndarra
 
 
 def face_video(n_frames: int, size: tuple[int, int] = (160, 120), identity: int = 0,
-               seed: int = 0, swap: int | None = None, face_px: int | None = None,
+               seed: int = 0, *, swap: int | None = None, face_px: int | None = None,
                fps: float = 25.0, mouth: np.ndarray | None = None,
                blur: float = 1.0, tint: float = 1.0) -> np.ndarray:
     """RGB uint8 [n_frames, H, W, 3]: one identity's head drifting slowly over its own
@@ -238,7 +238,7 @@ def _prepare(root: Path, force: bool) -> Path:
     return root
 
 
-def make_faceforensics(root: str | Path, seed: int = 0, n_pairs: int = 6, n_frames: int = 24,
+def make_faceforensics(root: str | Path, seed: int = 0, *, n_pairs: int = 6, n_frames: int = 24,
                        size: tuple[int, int] = (160, 120), force: bool = False,
                        n_val_pairs: int = 1, n_test_pairs: int = 1, tint: float = 1.0) -> list[Path]:
     """original_sequences/youtube/c23 + two methods + splits/{train,val,test}.json.
@@ -270,7 +270,7 @@ def make_faceforensics(root: str | Path, seed: int = 0, n_pairs: int = 6, n_fram
     return written
 
 
-def make_celebdf(root: str | Path, seed: int = 0, n_ids: int = 6, n_frames: int = 24,
+def make_celebdf(root: str | Path, seed: int = 0, *, n_ids: int = 6, n_frames: int = 24,
                  size: tuple[int, int] = (160, 120), force: bool = False,
                  n_clips: int = 2, tint: float = 1.0) -> list[Path]:
     """Identities id0..id<n_ids-1> in swap pairs (0,1), (2,3), ...; n_clips clips each, one
@@ -304,7 +304,7 @@ def dfdc_part_dir(root: Path, k: int) -> Path:
     return root / "dfdc_train_part_01/dfdc_train_part_1" if k == 1 else root / f"dfdc_train_part_{k}"
 
 
-def make_dfdc(root: str | Path, seed: int = 0, n_originals: int = 3, n_frames: int = 30,
+def make_dfdc(root: str | Path, seed: int = 0, *, n_originals: int = 3, n_frames: int = 30,
               size: tuple[int, int] = (192, 108), force: bool = False,
               n_parts: int = 2, tint: float = 1.0) -> list[Path]:
     """dfdc_train_part_0/ (plain), dfdc_train_part_01/dfdc_train_part_1/ (nested) and, with

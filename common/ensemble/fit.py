@@ -315,7 +315,7 @@ def run_fit(args) -> int:
     scores, ids, labels = {}, None, None
     for name, st in students.items():
         got_ids, got_labels, probs = score_videos(st, usable, cache, settings, device,
-                                                  args.batch_size, args.workers)
+                                                  batch_size=args.batch_size, workers=args.workers)
         if ids is not None and got_ids != ids:
             raise RuntimeError(f"{name} scored a different set of videos than the other students")
         ids, labels, scores[name] = got_ids, got_labels, probs

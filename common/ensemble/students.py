@@ -173,7 +173,7 @@ def views_needed(students: dict[str, Student]) -> tuple[str, ...]:
 
 
 def score_videos(student: Student, records: Sequence, cache: FaceCache, settings: Settings,
-                 device: torch.device, batch_size: int = 32, workers: int = 0):
+                 device: torch.device, *, batch_size: int = 32, workers: int = 0):
     """Calibrated video scores of the cached `records` -> (ids, labels, probs), ids sorted."""
     # uint8 out of the loader: StudentModel normalises itself, and it is the external contract.
     transform = ClipTransform(settings.image_size, preprocessing=student.preprocessing, normalize=False)
