@@ -71,6 +71,22 @@ def test_channels_last_forward():
     assert torch.allclose(ref, out, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_channels_last_as_training_does_it(name):
+    """The stage's CUDA layout on every model, TM's Conv3d included (Module.to refuses it)."""
+    from common.training.engine import to_channels_last
+
+    torch.manual_seed(0)
+    model = build_student(name, backbone=BACKBONE, pretrained="none", clip_len=3).eval()
+    frames, mel, missing = batch(name)
+    with torch.no_grad():
+        ref = model(frames, mel=mel, audio_missing=missing)
+        out = to_channels_last(model)(frames, mel=mel, audio_missing=missing)
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert torch.allclose(ref, out, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["tm", "bg"])
 def test_options_rebuild_the_same_architecture(name):
     model = build_student(name, backbone="resnet18", pretrained="none", clip_len=4, dropout=0.1)

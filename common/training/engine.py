@@ -33,6 +33,16 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """NHWC weights for every 2-D convolution: the layout tensor cores want under AMP.
+    5-D weights (TM's Conv3d) keep theirs: Module.to(memory_format=channels_last) raises
+    on them, which is how TM failed to start on the first CUDA run."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def make_precision(device: torch.device, amp: bool) -> Precision:
     """bf16 where the GPU supports it, else fp16 with a scaler; full precision on the CPU."""
     dtype = None

@@ -32,8 +32,8 @@ from common.recipes import RECIPES
 from common.training import distributed, reports
 from common.training import stage_data as sd
 from common.training.checkpoints import capture_rng, restore_rng, stage_paths, weights_fingerprint
-from common.training.engine import (NonFiniteLossError, make_optimizer, make_precision, train_one_epoch,
-                                    validate)
+from common.training.engine import (NonFiniteLossError, make_optimizer, make_precision, to_channels_last,
+                                    train_one_epoch, validate)
 from common.training.run_files import (append_jsonl, check_writable, missing_rels, remove_stale_temps,
                                        report_epoch, skipped_path, tensorboard_writer, write_skipped)
 from common.training.run_guard import release, run_flags
@@ -157,7 +157,7 @@ def build_model_on_device(run: StageRun) -> None:
         cfg.clip_len = run.ckpt["model_options"].get("clip_len", cfg.clip_len)
     run.model = build_model(cfg, run.start, run.ckpt).to(device)
     if device.type == "cuda":
-        run.model = run.model.to(memory_format=torch.channels_last)
+        run.model = to_channels_last(run.model)
     run.init_fingerprint = weights_fingerprint(run.model.state_dict())
 
 

@@ -85,7 +85,7 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         from common.training.augment import augmenter_for
-        from common.training.engine import make_optimizer, make_precision
+        from common.training.engine import make_optimizer, make_precision, to_channels_last
         from common.losses import build_loss
         from common.model import build_student
         from common.recipes import RECIPES
@@ -94,7 +94,7 @@ class Trainer:
         torch.manual_seed(0)
         model = build_student("bg", backbone=args.backbone, pretrained="none").to(device)
         if amp and device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)  # as common.training.stage does
+            model = to_channels_last(model)  # as common.training.stage does
         self.net = model
         if ddp_info is not None and ddp_info.enabled:
             self.net = DistributedDataParallel(
