@@ -117,6 +117,118 @@ def _between(a: Box, b: Box, w: float) -> Box:
     return (left, top, left + side_i, top + side_i)
 
 
+class _RunCropper:
+    """One detect_and_crop pass: each run's box, its source and its crops as the frames stream
+    by. A run's frames are held until its box is known (settled), then cropped."""
+
+    def __init__(self, runs: list[list[int]], times: list[float], cropper: Cropper,
+                 views: Sequence[str], max_gap_s: float, agree_iou: float):
+        n, t = len(runs), len(runs[0])
+        self.runs, self.times, self.cropper, self.views = runs, times, cropper, views
+        self.max_gap_s, self.agree_iou = max_gap_s, agree_iou
+        self.c = t // 2  # the centre frame: a run's box comes from it
+        self.whole = {v: run_length(v, t) == t for v in views}  # else the centre frame alone
+        size = cropper.size
+        self.crops = {v: np.zeros((n, t if self.whole[v] else 1, size, size, 3), dtype=np.uint8)
+                      for v in views}
+        self.boxes: list = [None] * n
+        self.cut: list = [None] * n  # run i's box per view
+        self.source: list = [None] * n
+        self.settled = [False] * n
+        self.where: dict[int, list[tuple[int, int]]] = defaultdict(list)  # frame -> (run, j)
+        for i, run in enumerate(runs):
+            for j, idx in enumerate(run):
+                self.where[idx].append((i, j))
+        self.held: dict[int, dict[int, Any]] = defaultdict(dict)  # frames of runs not settled yet
+        self.centre_crop: dict[int, np.ndarray] = {}  # the face crop the flat check made: stored as is
+
+    def first_pass(self, path: str, keys: list[int]) -> set[int]:
+        """Every sampled frame decoded once; runs settle as their key points pass -> the frame
+        indices that did not decode."""
+        key_set, previous_key = set(keys), dict(zip(keys[1:], keys))
+        seen: set[int] = set()
+        for idx, frame in iter_decoded(path, self.where.keys()):
+            seen.add(idx)
+            self.take(idx, frame)
+            for i, j in self.where[idx]:  # every run's frame is registered before any run settles
+                if j == self.c and i in key_set and not self.settled[i]:
+                    self.detect(i, frame)
+                    if i in previous_key:
+                        self.settle_between(previous_key[i], i)
+        return set(self.where) - seen
+
+    def take(self, idx: int, frame) -> None:
+        """A decoded frame: cropped for the runs already settled with a face, held for the others."""
+        for i, j in self.where[idx]:
+            if not self.settled[i]:
+                self.held[i][j] = frame
+            elif self.boxes[i] is not None:
+                self.put(i, j, frame)
+
+    def put(self, i: int, j: int, frame) -> None:
+        c = self.c
+        wanted = {v: b for v, b in self.cut[i].items() if self.whole[v] or j == c}
+        made = self.centre_crop.pop(i, None) if j == c else None
+        if made is not None and "face" in wanted:
+            self.crops["face"][i, c] = made
+            del wanted["face"]
+        for view, crop in self.cropper.crop_views(frame, wanted).items():
+            self.crops[view][i, j if self.whole[view] else 0] = crop
+
+    def face_in(self, i: int, frame, box):
+        """box, unless its crop of the frame is flat (a uniform patch is not a face)."""
+        if box is None:
+            return None
+        crop = self.cropper.crop(frame, box)
+        if is_flat(crop):
+            return None
+        self.centre_crop[i] = crop
+        return box
+
+    def detect(self, i: int, frame) -> None:
+        self.settle(i, self.face_in(i, frame, self.cropper.box(frame)), "detected")
+
+    def settle(self, i: int, box, how: str) -> None:
+        self.settled[i] = True
+        frames = self.held.pop(i, {})
+        if box is None:
+            return
+        self.boxes[i], self.source[i] = box, how
+        self.cut[i] = self.cropper.view_boxes(frames[self.c], box, self.views)
+        for j, f in frames.items():
+            self.put(i, j, f)
+
+    def settle_between(self, a: int, b: int) -> None:
+        """The points between key points a and b: interpolated, or detected on their own."""
+        times, boxes = self.times, self.boxes
+        for i in range(a + 1, b):
+            frame = self.held[i][self.c]
+            near = min(times[i] - times[a], times[b] - times[i]) <= self.max_gap_s + 1e-9
+            box = None
+            if near and boxes[a] is not None and boxes[b] is not None \
+                    and box_iou(boxes[a], boxes[b]) >= self.agree_iou:
+                w = (times[i] - times[a]) / max(times[b] - times[a], 1e-9)
+                box = self.face_in(i, frame, _between(boxes[a], boxes[b], w))
+            if box is not None:
+                self.settle(i, box, "interpolated")
+            else:
+                self.detect(i, frame)
+
+    def borrow(self, path: str, filled: list) -> None:
+        """Re-read the runs without a face of their own that fill_near gave a nearby box."""
+        redo = [i for i in range(len(self.runs)) if self.boxes[i] is None and filled[i] is not None]
+        if not redo:
+            return
+        todo = {idx for i in redo for idx in self.runs[i]}
+        for idx, frame in iter_decoded(path, todo):
+            for i, j in self.where[idx]:
+                if i in redo:
+                    if self.cut[i] is None:
+                        self.cut[i] = self.cropper.view_boxes(frame, filled[i], self.views)
+                        self.source[i] = "borrowed"
+                    self.put(i, j, frame)
+
+
 def detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, detector,
                     views: Sequence[str] = ("face",), max_gap_s: float = 0.5,
                     max_stride: int = 1, agree_iou: float = 1.0):
@@ -130,95 +242,12 @@ def detect_and_crop(path: str, runs: list[list[int]], fps: float, size: int, det
     nearer, else dropped. -> ({view: crops [N,...]}, face boxes, {view: boxes} per run,
     box source per run ("detected" | "interpolated" | "borrowed" | None), frame indices
     that did not decode)."""
-    n, t = len(runs), len(runs[0])
-    c = t // 2
+    c = len(runs[0]) // 2
     times = [run[c] / max(fps, 1e-6) for run in runs]
-    keys = key_points(times, max_gap_s, max_stride)
-    previous_key = dict(zip(keys[1:], keys))
-    whole = {v: run_length(v, t) == t for v in views}  # else the centre frame alone
-    crops = {v: np.zeros((n, t if whole[v] else 1, size, size, 3), dtype=np.uint8) for v in views}
-    boxes: list = [None] * n
-    cut: list = [None] * n  # run i's box per view
-    source: list = [None] * n
-    settled = [False] * n
-    cropper = Cropper(detector, size)
-    where: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for i, run in enumerate(runs):
-        for j, idx in enumerate(run):
-            where[idx].append((i, j))
-    held: dict[int, dict[int, Any]] = defaultdict(dict)  # frames of runs not settled yet
-    centre_crop: dict[int, np.ndarray] = {}  # the face crop the flat check made: stored as is
-
-    def put(i: int, j: int, frame) -> None:
-        wanted = {v: b for v, b in cut[i].items() if whole[v] or j == c}
-        made = centre_crop.pop(i, None) if j == c else None
-        if made is not None and "face" in wanted:
-            crops["face"][i, c] = made
-            del wanted["face"]
-        for view, crop in cropper.crop_views(frame, wanted).items():
-            crops[view][i, j if whole[view] else 0] = crop
-
-    def face_in(i: int, frame, box):
-        """box, unless its crop of the frame is flat (a uniform patch is not a face)."""
-        if box is None:
-            return None
-        crop = cropper.crop(frame, box)
-        if is_flat(crop):
-            return None
-        centre_crop[i] = crop
-        return box
-
-    def settle(i: int, box, how: str) -> None:
-        settled[i] = True
-        frames = held.pop(i, {})
-        if box is None:
-            return
-        boxes[i], source[i] = box, how
-        cut[i] = cropper.view_boxes(frames[c], box, views)
-        for j, f in frames.items():
-            put(i, j, f)
-
-    def settle_between(a: int, b: int) -> None:
-        """The points between key points a and b: interpolated, or detected on their own."""
-        for i in range(a + 1, b):
-            frame = held[i][c]
-            near = min(times[i] - times[a], times[b] - times[i]) <= max_gap_s + 1e-9
-            box = None
-            if near and boxes[a] is not None and boxes[b] is not None \
-                    and box_iou(boxes[a], boxes[b]) >= agree_iou:
-                w = (times[i] - times[a]) / max(times[b] - times[a], 1e-9)
-                box = face_in(i, frame, _between(boxes[a], boxes[b], w))
-            if box is not None:
-                settle(i, box, "interpolated")
-            else:
-                settle(i, face_in(i, frame, cropper.box(frame)), "detected")
-
-    key_set = set(keys)
-    seen: set[int] = set()
-    for idx, frame in iter_decoded(path, where.keys()):
-        seen.add(idx)
-        for i, j in where[idx]:
-            if not settled[i]:
-                held[i][j] = frame
-            elif boxes[i] is not None:
-                put(i, j, frame)
-        for i, j in where[idx]:  # every run's frame is registered before any run settles
-            if j == c and i in key_set and not settled[i]:
-                settle(i, face_in(i, frame, cropper.box(frame)), "detected")
-                if i in previous_key:
-                    settle_between(previous_key[i], i)
-    missing = set(where) - seen
+    state = _RunCropper(runs, times, Cropper(detector, size), views, max_gap_s, agree_iou)
+    missing = state.first_pass(path, key_points(times, max_gap_s, max_stride))
     if missing:
-        return crops, boxes, cut, list(source), missing
-    filled = fill_near(boxes, times, max_gap_s)
-    redo = [i for i in range(n) if boxes[i] is None and filled[i] is not None]
-    if redo:
-        todo = {idx for i in redo for idx in runs[i]}
-        for idx, frame in iter_decoded(path, todo):
-            for i, j in where[idx]:
-                if i in redo:
-                    if cut[i] is None:
-                        cut[i] = cropper.view_boxes(frame, filled[i], views)
-                        source[i] = "borrowed"
-                    put(i, j, frame)
-    return crops, filled, cut, source, set()
+        return state.crops, state.boxes, state.cut, list(state.source), missing
+    filled = fill_near(state.boxes, times, max_gap_s)
+    state.borrow(path, filled)
+    return state.crops, filled, state.cut, state.source, set()

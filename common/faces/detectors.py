@@ -7,8 +7,9 @@ Detectors return boxes (x0, y0, x1, y1, score) in full-frame pixel coordinates:
         faces and small or textured scenes that YuNet finds)
   none  the whole frame is the face (datasets that are already face crops)
 
-Extraction (the detector pool, sampling, the CLI) lives in common/faces/extraction.py and the cache
-format in common/faces/cache.py; both are re-exported here, since the contract names this module.
+Extraction (sampling, the CLI) lives in common/faces/extraction.py (its worker pool in
+common/faces/pool.py) and the cache format in common/faces/cache.py; both are re-exported here,
+since the contract names this module.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Face extraction: sampling, detection, cropping and the worker pool.
+"""Face extraction: sampling, detection, cropping, and the cache build over the worker pool
+(common/faces/pool.py).
 
 One face path for everything: training, validation and `common.ensemble predict` all get
 a video's crops from `video_views` (through `extract_video`; every view of common/faces/views.py
@@ -13,13 +14,10 @@ The command line (`python -m common.extract`) is common/extract.py.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import os
-import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -31,7 +29,8 @@ from common.faces.cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, Fa
                                file_stamp, shard_of, write_file, write_json)
 from common.faces.detectors import (BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE,
                           make_detector)
-from common.faces.video import BadVideoError, count_frames, probe, sample_points, single_threaded_decoding
+from common.faces.pool import WorkerDiedError, _Job, _results  # noqa: F401 (WorkerDiedError re-exported)
+from common.faces.video import BadVideoError, count_frames, probe, sample_points
 from common.faces.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
 
 MAX_GAP_S = 0.5        # a point may borrow a box found at most this far away in time
@@ -43,10 +42,6 @@ MIN_USABLE = 0.5       # share of sample points that must show a face
 DETECT_STRIDE = 3
 AGREE_IOU = 0.7
 log = logging.getLogger(__name__)
-
-
-class WorkerDiedError(CacheWriteError):
-    """An extraction worker process died twice on the same video (exit 3, video named)."""
 
 
 def face_settings(detector) -> dict:
@@ -186,18 +181,7 @@ def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = 
     return meta
 
 
-# ----------------------------------------------------------------------------- workers
-
-@dataclass
-class _Job:
-    record: Any
-    cache: FaceCache
-    detector: str
-    model_path: str | None
-    max_side: int
-    decode_audio: bool
-    retry_skipped: bool = False
-
+# ----------------------------------------------------------------------------- one job (pool.py runs them)
 
 _DETECTORS: dict = {}
 
@@ -207,15 +191,6 @@ def _detector(name: str, model_path: str | None, max_side: int):
     if key not in _DETECTORS:
         _DETECTORS[key] = make_detector(name, model_path, max_side=max_side)
     return _DETECTORS[key]
-
-
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already; more threads would oversubscribe
-    single_threaded_decoding()
-    # Ctrl-C reaches the whole process group: the main process decides when to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_job(job: _Job, stop: Callable[[], bool] | None = None) -> tuple[str, str, str]:
@@ -251,69 +226,6 @@ def _run_job(job: _Job, stop: Callable[[], bool] | None = None) -> tuple[str, st
         return rec.rel, "failed", " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _kill_pool(pool: cf.ProcessPoolExecutor) -> None:
-    """Stop now: running workers are terminated (their temp files are theirs, never renamed)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        p.join(timeout=5)
-
-
-def _results(jobs: list[_Job], workers: int, stop: Callable[[], bool], poll_s: float = 0.2):
-    """Job results as they come. A dead worker is noticed at once (BrokenProcessPool): the
-    videos it was working on are retried once, alone; a second death on the same video
-    raises WorkerDiedError naming it. `stop()` is polled while waiting (a SIGTERM)."""
-    if workers <= 0:
-        for job in jobs:
-            if stop():
-                return
-            yield _run_job(job, stop)
-        return
-    import multiprocessing as mp
-
-    todo = list(jobs)
-    suspects: list[_Job] = []  # in flight when a worker died: retried one at a time
-    deaths: Counter = Counter()
-    while todo or suspects:
-        pool = cf.ProcessPoolExecutor(min(workers, len(todo) + len(suspects)),
-                                      mp_context=mp.get_context("spawn"), initializer=_init_worker)
-        flying: dict[cf.Future, _Job] = {}
-        try:
-            while todo or suspects or flying:
-                limit = 1 if suspects else workers
-                while len(flying) < limit and (suspects or todo):
-                    job = suspects.pop(0) if suspects else todo.pop(0)
-                    flying[pool.submit(_run_job, job)] = job
-                done, _ = cf.wait(flying, timeout=poll_s, return_when=cf.FIRST_COMPLETED)
-                if stop():
-                    return
-                for fut in done:
-                    job = flying.pop(fut)
-                    try:
-                        res = fut.result()
-                    except cf.process.BrokenProcessPool:
-                        flying[fut] = job  # handled below with the others in flight
-                        raise
-                    yield res
-        except cf.process.BrokenProcessPool:
-            if stop():  # a SIGTERM to the process group kills the workers too
-                return
-            lost = list(flying.values())
-            for job in lost:
-                deaths[job.record.rel] += 1
-                if deaths[job.record.rel] >= 2:
-                    raise WorkerDiedError(f"an extraction worker died twice on {job.record.path}; "
-                                          "remove or repair that file and rerun") from None
-            log.warning("an extraction worker died (on one of: %s); retrying them one at a time",
-                        ", ".join(j.record.rel for j in lost))
-            suspects = lost + suspects
-        finally:
-            _kill_pool(pool)
-
-
 # ----------------------------------------------------------------------------- build
 
 def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
@@ -341,6 +253,25 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     summary: dict = {"total": len(mine), "done": 0, "reused_boxes": 0, "cached": 0,
                      "skipped": Counter(), "failed": [], "audio_failed": 0, "stopped": False,
                      "shard": [i, n], "cache_dir": str(cache.dir)}
+    pending, missing = _sort_records(mine, cache, retry_skipped, summary)
+    _prepare_cache(cache, pending, missing)
+    model = face_model if cache.detector == "yunet" else None
+    jobs = [_Job(rec, cache, cache.detector, None if model is None else str(model), detect_max_side,
+                 decode_audio, retry_skipped) for rec in pending]
+    stop = should_stop or (lambda: False)
+    bar = tqdm(total=len(jobs), disable=not progress, unit="video", desc=cache.key)
+    _run_jobs(jobs, workers, stop, summary, bar)
+    if preview and summary["done"] and not summary["stopped"]:
+        _preview(cache, mine)
+    summary["skipped"] = dict(summary["skipped"])
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _sort_records(mine: list, cache: FaceCache, retry_skipped: bool,
+                  summary: dict) -> tuple[list, list]:
+    """This shard's records -> (pending: to extract, missing: listed but not on disk); those
+    already cached or skipped are only counted in summary."""
     pending, missing = [], []
     for rec in mine:
         if cache.is_complete(rec.rel):
@@ -355,6 +286,12 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
             summary["skipped"][reason] += 1
             continue
         pending.append(rec)
+    return pending, missing
+
+
+def _prepare_cache(cache: FaceCache, pending: list, missing: list) -> None:
+    """The cache folder made and checked writable when there is anything to write (a bad
+    --cache-dir is the user's error, exit 2), and a skip marker for each missing record."""
     if pending or missing:
         try:
             cache.dir.mkdir(parents=True, exist_ok=True)
@@ -366,41 +303,45 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     for rec in missing:  # named in skipped.txt; retried once the file appears (stamp None)
         write_json(cache.paths(rec.rel)["skip"], {"reason": "missing", "stamp": None,
                                                    "detail": "listed in the dataset but not on disk"})
-    model = face_model if cache.detector == "yunet" else None
-    jobs = [_Job(rec, cache, cache.detector, None if model is None else str(model), detect_max_side,
-                 decode_audio, retry_skipped) for rec in pending]
-    stop = should_stop or (lambda: False)
-    bar = tqdm(total=len(jobs), disable=not progress, unit="video", desc=cache.key)
+
+
+def _run_jobs(jobs: list[_Job], workers: int, stop: Callable[[], bool], summary: dict, bar) -> None:
+    """Every job through the pool, its result tallied in summary; ends early when stop() says
+    so ("stopped" set when jobs were left). A write error raises CacheWriteError."""
     try:
-        for rel, status, detail in _results(jobs, workers, stop):
-            if status == "done":
-                summary["done"] += 1
-                summary["audio_failed"] += detail == "audio_failed"
-            elif status == "cached":
-                summary["cached"] += 1
-            elif status == "stopped":
+        for rel, status, detail in _results(_run_job, jobs, workers, stop):
+            if status == "stopped":
                 break
-            elif status == "write_error":
-                raise CacheWriteError(f"{detail} (writing {rel}; the entries already written are kept)")
-            elif status == "failed":
-                summary["failed"].append((rel, detail))
-                log.error("failed %s: %s", rel, detail)
-            else:
-                summary["skipped"][status] += 1
-                log.warning("skipped %s: %s", rel, detail)
+            _tally(summary, rel, status, detail)
             bar.update(1)
             if stop():
                 break
         summary["stopped"] = bool(stop()) and bar.n < len(jobs)
     finally:
         bar.close()
-    if preview and summary["done"] and not summary["stopped"]:
-        from common.faces.preview import write_preview
 
-        try:
-            write_preview(cache, mine)
-        except (OSError, CacheWriteError, ValueError) as exc:  # a nicety: never fail the run
-            log.warning("no crop preview: %s", exc)
-    summary["skipped"] = dict(summary["skipped"])
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    return summary
+
+def _tally(summary: dict, rel: str, status: str, detail: str) -> None:
+    """One job's result (_run_job) into the summary."""
+    if status == "done":
+        summary["done"] += 1
+        summary["audio_failed"] += detail == "audio_failed"
+    elif status == "cached":
+        summary["cached"] += 1
+    elif status == "write_error":
+        raise CacheWriteError(f"{detail} (writing {rel}; the entries already written are kept)")
+    elif status == "failed":
+        summary["failed"].append((rel, detail))
+        log.error("failed %s: %s", rel, detail)
+    else:
+        summary["skipped"][status] += 1
+        log.warning("skipped %s: %s", rel, detail)
+
+
+def _preview(cache: FaceCache, mine: list) -> None:
+    from common.faces.preview import write_preview
+
+    try:
+        write_preview(cache, mine)
+    except (OSError, CacheWriteError, ValueError) as exc:  # a nicety: never fail the run
+        log.warning("no crop preview: %s", exc)
