@@ -26,23 +26,23 @@ from types import SimpleNamespace
 from typing import Sequence
 
 
-from common.training import stage_data as sd
-from common.data.atomic import atomic_write
 from common.cli import chunk_list, positive_int
+from common.data.atomic import atomic_write
 from common.data.datasets import DATASETS, index_dataset, part_dirs
-from common.training.distributed import DistInfo
-from common.training.engine import make_precision, predict
-from common.recipes import DEFAULTS
-from common.ensemble.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
-                             pick_device)
+from common.data.samples import FaceSamples
 from common.ensemble.fit import choose_settings
+from common.ensemble.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
+                                      pick_device)
 from common.errors import UserError
 from common.faces.detectors import DETECTORS
-from common.training.metrics import binary_metrics, softmax_fake, video_scores
-from common.preprocess import ClipTransform
-from common.training.reports import roc_plot
-from common.data.samples import FaceSamples
 from common.faces.views import recorded_view
+from common.preprocess import ClipTransform
+from common.recipes import DEFAULTS
+from common.training import stage_data as sd
+from common.training.distributed import DistInfo
+from common.training.engine import make_precision, predict
+from common.training.metrics import binary_metrics, softmax_fake, video_scores
+from common.training.reports import roc_plot
 
 log = logging.getLogger("evaluate")
 FIGURES = (("frame AUC", "frame", "auc"), ("video AUC", "video", "auc"), ("AP", "video", "ap"),

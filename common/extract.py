@@ -16,9 +16,9 @@ import sys
 from typing import Sequence
 
 from common.errors import UserError
-from common.faces.extraction import build_face_cache
 from common.faces.cache import CacheWriteError, FaceCache
 from common.faces.detectors import DETECTORS, make_detector
+from common.faces.extraction import build_face_cache
 from common.recipes import DEFAULTS
 
 

@@ -18,8 +18,8 @@ from torch import nn
 from torchvision import models as tvm
 
 from common.errors import UserError
-from common.recipes import CLIP_MODELS, DEFAULTS, MODEL_NAMES
 from common.preprocess import normalisation_constants, normalize_pixels
+from common.recipes import CLIP_MODELS, DEFAULTS, MODEL_NAMES
 from common.specialists import SPECIALISTS
 
 # CLIP_MODELS (recipes): models whose samples are clips of clip_len frames

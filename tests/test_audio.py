@@ -6,8 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from common.data.audio import (HOP_LENGTH, MEL_WINDOW, N_MELS, SAMPLE_RATE, decode_audio, log_mel,
-                          mel_frame, mel_window)
+from common.data.audio import HOP_LENGTH, MEL_WINDOW, N_MELS, SAMPLE_RATE, decode_audio, log_mel, mel_frame, mel_window
 from tests.test_video import numbered_frames, write_mp4
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.training.augment import ClipAugmenter, ClipDraw, augmenter_for
 from common.preprocess import normalisation_constants, normalize_pixels
 from common.recipes import AUGMENTATION_LEVELS, RECIPES
+from common.training.augment import ClipAugmenter, ClipDraw, augmenter_for
 
 LEVELS = ("minimal", "moderate", "maximum")
 N = 4000  # draws per level: frequencies within a few points of their probability

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 from common.data.datasets import VideoRecord
-from common.faces.extraction import build_face_cache
-from common.faces.cache import FaceCache
-from common.training.run_files import skip_reason, write_skipped
 from common.data.synthetic import face_video, write_mp4
+from common.faces.cache import FaceCache
+from common.faces.extraction import build_face_cache
+from common.training.run_files import skip_reason, write_skipped
 from common.training.stage_data import TooManyBadVideos, check_bad_fraction
 
 

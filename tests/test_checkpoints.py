@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.training.checkpoints import (FORMAT_VERSION, atomic_write, capture_rng, load_checkpoint,
-                                restore_rng, save_checkpoint, stage_paths)
 from common.errors import CheckpointError
+from common.training.checkpoints import (FORMAT_VERSION, atomic_write, capture_rng, load_checkpoint, restore_rng,
+                                         save_checkpoint, stage_paths)
 
 
 def _ckpt(name="rr"):

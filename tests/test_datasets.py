@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from common.data.datasets import (IndexReport, VideoRecord, index_celebdf, index_dataset, index_dfdc,
-                             index_faceforensics, part_dirs, summarize)
+                                  index_faceforensics, part_dirs, summarize)
 from common.errors import DatasetLayoutError, UserError
 
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from common.ensemble import command as ensemble, students
-from common.training.checkpoints import save_checkpoint
 from common.data.datasets import index_dataset
+from common.ensemble import command as ensemble, students
 from common.ensemble.fit import check_classes, chance_reason, fit_combiner
 from common.errors import UserError
 from common.faces.extraction import build_face_cache
-from common.training.metrics import binary_metrics
 from common.model import build_student
+from common.training.checkpoints import save_checkpoint
+from common.training.metrics import binary_metrics
 
 SMALL = ["--image-size", "32", "--frames-per-video", "2", "--face-detector", "none",
          "--workers", "0", "--device", "cpu", "--batch-size", "8"]

@@ -13,8 +13,8 @@ import math
 import pytest
 
 from common import evaluate
-from common.ensemble import command as ensemble, students
 from common.data.datasets import index_dataset
+from common.ensemble import command as ensemble, students
 from common.faces.extraction import build_face_cache
 from common.training.metrics import binary_metrics
 from tests.test_ensemble import SETTINGS, SMALL, _off_chance, _save, _script, _student, contract, val_list

@@ -15,11 +15,11 @@ import json
 import pytest
 import torch
 
-from common.ensemble import command as ensemble, students
-from common.training.checkpoints import load_checkpoint, save_checkpoint, stage_paths
 from common.cli import run_stage
 from common.data.datasets import index_dataset
+from common.ensemble import command as ensemble, students
 from common.faces.cache import FaceCache
+from common.training.checkpoints import load_checkpoint, save_checkpoint, stage_paths
 from common.training.metrics import binary_metrics
 
 SMALL = ["--backbone", "mobilenet_v3_small", "--pretrained", "none", "--image-size", "32",

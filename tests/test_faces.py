@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from common.data.datasets import VideoRecord
+from common.data.synthetic import face_video, make_celebdf, mouth_envelope, speech_audio, write_mp4
 from common.errors import UserError
 from common.extract import main
-from common.faces.extraction import WorkerDiedError, build_face_cache, video_crops
 from common.faces.cache import FaceCache, file_stamp, shard_of, video_key
 from common.faces.detectors import (NoDetector, YuNetDetector, crop_box, fill_near, is_flat, largest_face,
-                          make_detector, square_box)
-from common.data.synthetic import face_video, make_celebdf, mouth_envelope, speech_audio, write_mp4
+                                    make_detector, square_box)
+from common.faces.extraction import WorkerDiedError, build_face_cache, video_crops
 from common.faces.video import count_frames
 from tests.test_video import write_mp4 as write_mp4_faststart
 

@@ -6,10 +6,10 @@ each test knows where the face is and how often the detector ran.
 from __future__ import annotations
 
 import numpy as np
-from common.faces.crops import _between, detect_and_crop, key_points
-from common.faces.extraction import AGREE_IOU, DETECT_STRIDE, MAX_GAP_S, face_settings, video_views
-from common.faces.detectors import box_iou, crop_box
 from common.data.synthetic import write_mp4
+from common.faces.crops import _between, detect_and_crop, key_points
+from common.faces.detectors import box_iou, crop_box
+from common.faces.extraction import AGREE_IOU, DETECT_STRIDE, MAX_GAP_S, face_settings, video_views
 from common.faces.video import read_frames, sample_points
 
 FPS, H, W, SQ = 25.0, 96, 128, 32

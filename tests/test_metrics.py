@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.training.metrics import (binary_metrics, collapse_check, equal_error_rate, evaluate,
-                            fit_temperature, video_nll, video_scores)
+from common.training.metrics import (binary_metrics, collapse_check, equal_error_rate, evaluate, fit_temperature,
+                                     video_nll, video_scores)
 
 
 def test_binary_metrics_perfect_and_inverted():

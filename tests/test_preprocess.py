@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from common.preprocess import (IMAGENET_MEAN, IMAGENET_STD, ClipTransform, apply_preprocessing, bilateral,
-                               clahe)
+from common.preprocess import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, apply_preprocessing, bilateral, clahe
 
 
 def low_contrast(h=64, w=64):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from common.data.datasets import index_dataset
-from common.faces.extraction import build_face_cache, video_crops
+from common.data.synthetic import write_mp4
 from common.faces.cache import FaceCache
 from common.faces.detectors import largest_face, make_detector
-from common.data.synthetic import write_mp4
+from common.faces.extraction import build_face_cache, video_crops
 from common.faces.video import iter_frames
 from tests.conftest import shared_dir
 

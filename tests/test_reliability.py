@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.training.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint, stage_paths
 from common.cli import EXIT_INTERRUPTED, EXIT_TRAINING_FAILED, EXIT_USER_ERROR, run_stage
-from common.faces.extraction import build_face_cache
-from common.faces.cache import CacheWriteError, FaceCache
 from common.data.synthetic import face_video, write_mp4
+from common.faces.cache import CacheWriteError, FaceCache
+from common.faces.extraction import build_face_cache
+from common.training.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint, stage_paths
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, STAGE = "bg", "stage1_faceforensics"

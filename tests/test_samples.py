@@ -7,10 +7,10 @@ import torch
 
 from common.data.audio import MEL_WINDOW, N_MELS, mel_window
 from common.data.datasets import VideoRecord, index_dataset
-from common.faces.extraction import build_face_cache
-from common.faces.cache import FaceCache
-from common.preprocess import ClipTransform
 from common.data.samples import FaceSamples
+from common.faces.cache import FaceCache
+from common.faces.extraction import build_face_cache
+from common.preprocess import ClipTransform
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ from collections import Counter
 import pytest
 
 from common.chunks import check_chunks, iter_chunks
-from common.losses import class_weights_from_counts
 from common.data.datasets import VideoRecord
-from common.errors import DatasetLayoutError
 from common.data.samples import EpochSampler, ShardSampler
+from common.errors import DatasetLayoutError
+from common.losses import class_weights_from_counts
 
 
 def test_epoch_sampler_is_a_permutation_and_changes_per_epoch():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from common.specialists import (AVSpecialist, BGSpecialist, CMSpecialist, RRSpecialist, SPECIALISTS,
-                                TMSpecialist, dct_basis)
+from common.specialists import (AVSpecialist, BGSpecialist, CMSpecialist, RRSpecialist, SPECIALISTS, TMSpecialist,
+                                dct_basis)
 
 # The seed's feature sizes: C x 7 x 7.
 EXPECTED = {"bg": (44, 2156), "av": (48, 2352), "cm": (40, 1960), "rr": (36, 1764), "tm": (52, 2548)}

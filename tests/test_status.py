@@ -2,9 +2,9 @@ import json
 import shutil
 from pathlib import Path
 
-import common.training.progress as status
-from common.training.checkpoints import stage_paths
 from common.cli import run_stage
+from common.training.checkpoints import stage_paths
+import common.training.progress as status
 
 REPO = Path(__file__).resolve().parents[1]
 

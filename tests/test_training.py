@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.training.checkpoints import load_checkpoint, stage_paths, weights_fingerprint
 from common.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_stage
 from common.model import MODEL_NAMES, student_from_options
+from common.training.checkpoints import load_checkpoint, stage_paths, weights_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = {"stage1_faceforensics": "faceforensics", "stage2_celebdf": "celebdf", "stage4_dfdc": "dfdc"}

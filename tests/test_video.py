@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.faces import video
 from common.errors import UserError
+from common.faces import video
 from common.faces.video import BadVideoError, count_frames, probe, read_frames, sample_points
 
 

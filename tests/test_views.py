@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from common.training import stage_data as sd
-from common.training.augment import ClipAugmenter, augmenter_for, view_level
 from common.data.datasets import VideoRecord
-from common.faces.extraction import extract_video, recorded_face_settings, video_crops, video_views
+from common.data.synthetic import face_video, write_mp4
 from common.faces.cache import FaceCache
 from common.faces.detectors import make_detector
-from common.recipes import AUGMENTATION_LEVELS
-from common.data.synthetic import face_video, write_mp4
+from common.faces.extraction import extract_video, recorded_face_settings, video_crops, video_views
 from common.faces.views import (GRID, MODEL_VIEWS, STORED_VIEWS, blockiness_phase, context_box, native_box,
-                          recorded_view, view_of)
+                                recorded_view, view_of)
+from common.recipes import AUGMENTATION_LEVELS
+from common.training import stage_data as sd
+from common.training.augment import ClipAugmenter, augmenter_for, view_level
 
 S = 48  # crop side: a multiple of 16, so the native view may be flipped
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.data.layout import detect_layout, part_dirs
-from common.errors import DatasetLayoutError
 from common.data.identity_split import MAX_DROPPED_FAKES
 from common.data.index_celebdf import index_celebdf
 from common.data.index_dfdc import index_dfdc
 from common.data.index_faceforensics import DEFAULT_METHODS, index_faceforensics
+from common.data.layout import detect_layout, part_dirs
 from common.data.records import SPLITS, IndexReport, VideoRecord, summarize
+from common.errors import DatasetLayoutError
 
 __all__ = ["DATASETS", "DEFAULT_METHODS", "MAX_DROPPED_FAKES", "SPLITS", "IndexReport", "VideoRecord",
            "detect_layout", "index_celebdf", "index_dataset", "index_dfdc", "index_faceforensics",

@@ -7,11 +7,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from common.data.layout import _check_root, _mp4s, _rel
-from common.errors import DatasetLayoutError
 from common.data.group_splits import _rank
 from common.data.identity_split import MAX_DROPPED_FAKES, choose_val_identities
+from common.data.layout import _check_root, _mp4s, _rel
 from common.data.records import IndexReport, VideoRecord, _finish
+from common.errors import DatasetLayoutError
 
 logger = logging.getLogger("common.data.datasets")  # see common.data.records
 

@@ -7,10 +7,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from common.data.layout import _DFDC_EXPECT, _check_root, _mp4s, _rel, detect_layout, part_dirs
-from common.errors import DatasetLayoutError
 from common.data.group_splits import _rank
+from common.data.layout import _DFDC_EXPECT, _check_root, _mp4s, _rel, detect_layout, part_dirs
 from common.data.records import IndexReport, VideoRecord, _finish
+from common.errors import DatasetLayoutError
 
 
 def _read_dfdc_metadata(path: Path) -> dict[str, dict]:

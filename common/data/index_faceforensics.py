@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from common.data.layout import _check_root, _mp4s, _rel
-from common.errors import DatasetLayoutError
 from common.data.group_splits import _components, _fallback_splits
+from common.data.layout import _check_root, _mp4s, _rel
 from common.data.records import SPLITS, IndexReport, VideoRecord, _finish
+from common.errors import DatasetLayoutError
 
 logger = logging.getLogger("common.data.datasets")  # see common.data.records
 

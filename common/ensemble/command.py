@@ -22,15 +22,15 @@ import torch
 from common.cli import positive_int
 from common.data.datasets import VideoRecord
 from common.ensemble.fit import run_fit
+from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
+                                      load_ensemble, load_student, make_cache, pick_device, score_videos, student_path,
+                                      views_needed)
 from common.errors import UserError
-from common.faces.extraction import extract_video, face_settings
 from common.faces.cache import NoFaceError
 from common.faces.detectors import DETECTORS, make_detector
-from common.recipes import DEFAULTS
-from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
-                             load_ensemble, load_student, make_cache, pick_device, score_videos,
-                             student_path, views_needed)
+from common.faces.extraction import extract_video, face_settings
 from common.faces.video import BadVideoError, probe
+from common.recipes import DEFAULTS
 
 
 def predictor_students(ens: dict, checkpoint_dir: Path) -> tuple[dict[str, Student], list[str]]:

@@ -22,15 +22,14 @@ import numpy as np
 import torch
 
 from common.data.atomic import atomic_write
-from common.training.checkpoints import stage_paths
 from common.data.datasets import detect_layout, index_dataset
-from common.ensemble.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line,
-                             check_external, load_students, logit, make_cache, pick_device,
-                             score_videos)
+from common.ensemble.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line, check_external,
+                                      load_students, logit, make_cache, pick_device, score_videos)
 from common.errors import DatasetLayoutError, UserError
 from common.faces.extraction import build_face_cache
-from common.training.metrics import binary_metrics
 from common.recipes import DEFAULTS, RECIPES
+from common.training.checkpoints import stage_paths
+from common.training.metrics import binary_metrics
 from common.training.reports import roc_plot
 from common.training.stage_data import cap_per_split
 

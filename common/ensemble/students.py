@@ -23,17 +23,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.training.checkpoints import load_checkpoint, weights_fingerprint
+from common.data.samples import FaceSamples
 from common.ensemble.external import ExternalStudent, check_contract, is_torchscript, load_external
-from common.training.engine import make_precision, predict
 from common.errors import CheckpointError, UserError
 from common.faces.cache import FaceCache
-from common.training.metrics import softmax_fake, video_scores
+from common.faces.views import VIEWS, recorded_view
 from common.model import CLIP_MODELS, MODEL_NAMES, StudentModel, student_from_options
 from common.preprocess import ClipTransform
 from common.recipes import DEFAULTS, RECIPES
-from common.data.samples import FaceSamples
-from common.faces.views import VIEWS, recorded_view
+from common.training.checkpoints import load_checkpoint, weights_fingerprint
+from common.training.engine import make_precision, predict
+from common.training.metrics import softmax_fake, video_scores
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
 STUDENT_SUFFIX = "_model_student.pt"

@@ -35,8 +35,8 @@ import numpy as np
 
 from common.data.atomic import atomic_write
 from common.errors import UserError
-from common.recipes import DEFAULTS
 from common.faces.views import STORED_VIEWS, check_view, run_length
+from common.recipes import DEFAULTS
 
 CACHE_VERSION = 3  # 2: own detections only, points without a face dropped (K <= N runs);
 #                    3: boxes interpolated between agreeing detections (DETECT_STRIDE)

@@ -13,8 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.faces.detectors import (Box, box_iou, crop_box, detect_size, fill_near, is_flat, largest_face,
-                          square_box)
+from common.faces.detectors import Box, box_iou, crop_box, detect_size, fill_near, is_flat, largest_face, square_box
 from common.faces.video import RegionConverter, iter_decoded, luma
 from common.faces.views import context_box, native_box, run_length
 

@@ -23,12 +23,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from common.data.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
-from common.faces.crops import detect_and_crop
 from common.errors import UserError
-from common.faces.cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError,
-                               file_stamp, shard_of, write_file, write_json)
-from common.faces.detectors import (BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE,
-                          make_detector)
+from common.faces.cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError, file_stamp,
+                                shard_of, write_file, write_json)
+from common.faces.crops import detect_and_crop
+from common.faces.detectors import BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE, make_detector
 from common.faces.pool import WorkerDiedError, _Job, _results  # noqa: F401 (WorkerDiedError re-exported)
 from common.faces.video import BadVideoError, count_frames, probe, sample_points
 from common.faces.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from common.data.atomic import atomic_write
-from common.training.checkpoints import stage_paths
 from common.recipes import MODEL_NAMES, RECIPES
+from common.training.checkpoints import stage_paths
 
 START = "<!-- training-progress:start (rewritten by the training scripts; edit outside) -->"
 END = "<!-- training-progress:end -->"

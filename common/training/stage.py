@@ -34,8 +34,8 @@ from common.training import stage_data as sd
 from common.training.checkpoints import capture_rng, restore_rng, stage_paths, weights_fingerprint
 from common.training.engine import (NonFiniteLossError, make_optimizer, make_precision, to_channels_last,
                                     train_one_epoch, validate)
-from common.training.run_files import (append_jsonl, check_writable, missing_rels, remove_stale_temps,
-                                       report_epoch, skipped_path, tensorboard_writer, write_skipped)
+from common.training.run_files import (append_jsonl, check_writable, missing_rels, remove_stale_temps, report_epoch,
+                                       skipped_path, tensorboard_writer, write_skipped)
 from common.training.run_guard import release, run_flags
 from common.training.stage_end import auc_or_floor, better, failed, finish, now, save
 from common.training.stage_start import build_model, pick_device, resolve_start, take_lock

@@ -13,15 +13,15 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from common.training import distributed
-from common.training.augment import ClipAugmenter, augmenter_for
 from common.data.datasets import index_dataset
-from common.faces.extraction import build_face_cache
+from common.data.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
 from common.faces.cache import FaceCache
+from common.faces.extraction import build_face_cache
+from common.faces.views import view_of
 from common.model import CLIP_MODELS
 from common.preprocess import ClipTransform
-from common.data.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
-from common.faces.views import view_of
+from common.training import distributed
+from common.training.augment import ClipAugmenter, augmenter_for
 
 log = logging.getLogger(__name__)
 
