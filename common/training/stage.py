@@ -104,7 +104,16 @@ class StageRun:
     last_save: float = 0.0
     augment: Any = None
     chunk: Any = None                  # the chunk whose training data is loaded
-    train: Any = None                  # (samples, loader, sampler, loss) of that chunk
+    train: ChunkData | None = None     # and that data
+
+
+@dataclass
+class ChunkData:
+    """The training side of one chunk (all training videos outside DFDC)."""
+    samples: Any
+    loader: Any
+    sampler: Any
+    loss_fn: Any                       # its class weights come from this chunk's labels
 
 
 def _train(run: StageRun) -> dict:
@@ -193,7 +202,7 @@ def load_training_chunk(run: StageRun, chunk) -> None:
     loss_fn = build_loss(run.recipe.loss, class_counts=counts, alpha=run.recipe.focal_alpha,
                          gamma=run.recipe.focal_gamma).to(run.device)  # class weights too
     loader, sampler = sd.train_loader(samples, cfg, run.recipe, run.dist_info, run.device)
-    run.train = (samples, loader, sampler, loss_fn)
+    run.train = ChunkData(samples, loader, sampler, loss_fn)
 
 
 # ----------------------------------------------------------------------------- optimiser and state
@@ -267,7 +276,7 @@ def checkpoint(run: StageRun, kind: str, metrics: dict | None = None) -> dict:
 def train_phase(run: StageRun, phase: dict) -> dict:
     """One epoch over the loaded chunk; a signal saves _last.pt and stops the stage."""
     cfg, state, dist_info = run.cfg, run.state, run.dist_info
-    _, loader, sampler, loss_fn = run.train
+    loader, sampler = run.train.loader, run.train.sampler
     epoch_index = state["phase"]
     sampler.set_epoch(epoch_index, skip=state["batches_done"] * cfg.batch_size)
     desc = f"{cfg.model} {cfg.stage} epoch {epoch_index + 1}/{len(run.phases)}" + \
@@ -282,8 +291,8 @@ def train_phase(run: StageRun, phase: dict) -> dict:
             save(dist_info, checkpoint(run, "last"), run.paths.last)
             run.last_save = time.monotonic()
 
-    stats = train_one_epoch(run.net, loader, loss_fn, run.opt, run.sched, run.precision, augment=run.augment,
-                            grad_clip=run.recipe.grad_clip, progress=bar,
+    stats = train_one_epoch(run.net, loader, run.train.loss_fn, run.opt, run.sched, run.precision,
+                            augment=run.augment, grad_clip=run.recipe.grad_clip, progress=bar,
                             on_step=on_step, stop_requested=run.stop)
     bar.close()
     if dist_info.enabled:  # the epoch's loss over every rank's samples, not rank 0's alone
@@ -302,7 +311,7 @@ def train_phase(run: StageRun, phase: dict) -> dict:
 def validate_and_keep(run: StageRun, phase: dict, stats: dict) -> None:
     """Validate, log the epoch, keep it as best when it is, save _last.pt, report."""
     cfg, state, dist_info = run.cfg, run.state, run.dist_info
-    metrics, _ = validate(run.net, run.val_loader, run.train[3], run.precision, dist_info)
+    metrics, _ = validate(run.net, run.val_loader, run.train.loss_fn, run.precision, dist_info)
     improved = better(metrics, state)
     epoch = state["phase"] + 1
     line = {"epoch": epoch, "epochs": len(run.phases), "chunk": phase["chunk"], "chunk_epoch": phase["epoch"] + 1,
