@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.atomic import atomic_write
-from common.errors import CheckpointError, CheckpointWriteError  # noqa: F401 (re-exported)
+from common.errors import CheckpointError
 
 FORMAT_VERSION = 1
 
