@@ -1,4 +1,5 @@
-"""The command line shared by all fifteen stage scripts: the same flags everywhere."""
+"""Every command's flags: the fifteen stage scripts' (the same everywhere), `common.evaluate`'s and
+`common.ensemble`'s. Nothing heavy is imported here, so --help answers at once."""
 from __future__ import annotations
 
 import argparse
@@ -192,3 +193,73 @@ def run_stage(model: str, stage: str, argv: list[str] | None = None) -> int:
               "from the last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+# ----------------------------------------------------------------------------- the other commands
+# Their modules import torch and the models; their flags live here so that `--help` and a bad
+# flag answer before any of that loads (common/evaluate.py and common/ensemble/__main__.py parse
+# first). The detector and dataset names are imported when a parser is built, not with this module.
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    """The flags of `python -m common.evaluate`."""
+    from common.data.datasets import DATASETS
+    from common.faces.detectors import DETECTORS
+
+    p = argparse.ArgumentParser(prog="python -m common.evaluate",
+                                description="Score every student and the ensemble on held-out data.")
+    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--data", type=Path, required=True, help="dataset root (official layout)")
+    p.add_argument("--split", choices=("test",), default="test",
+                   help="held-out data only: FF++ official test, Celeb-DF test list, untrained DFDC parts")
+    p.add_argument("--parts", type=chunk_list, help="DFDC parts to score (default: every part no student trained on)")
+    p.add_argument("--compression", choices=("raw", "c23", "c40"), default="c23", help="FF++ compression folder")
+    p.add_argument("--splits", type=Path, help="FF++ folder with the official split files (default <data>/splits)")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--max-videos", type=positive_int, help="cap the videos scored (half real, half fake)")
+    p.add_argument("--image-size", type=positive_int, help=f"default: training config or {DEFAULTS.image_size}")
+    p.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
+    p.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
+    p.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
+    p.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, help="output folder (default <checkpoint-dir>/evaluation/<dataset>)")
+    return p
+
+
+def ensemble_parser() -> argparse.ArgumentParser:
+    """The flags of `python -m common.ensemble fit | predict`."""
+    from common.faces.detectors import DETECTORS
+
+    p = argparse.ArgumentParser(prog="python -m common.ensemble",
+                                description="Fit and apply the stacking ensemble of the students.")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit the combiners on the validation videos the students' checkpoints list")
+    f.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    f.add_argument("--data", type=Path, required=True, help="dataset root (official layout)")
+    f.add_argument("--dataset", choices=("dfdc", "celebdf", "faceforensics"),
+                   help="check that the students were validated on this dataset")
+    f.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    f.add_argument("--max-videos", type=positive_int, help="cap validation videos (half real, half fake)")
+    f.add_argument("--image-size", type=positive_int, help=f"face crop side (default: training config or {DEFAULTS.image_size})")
+    f.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
+    f.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
+    f.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
+    f.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed}); "
+                                            "the videos themselves come from the students' checkpoints")
+    f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    f.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    f.add_argument("--workers", type=int, default=2, help="DataLoader and face-extraction workers")
+    f.add_argument("--out", type=Path, help="where ensemble.json and the reports go "
+                                            "(default: --checkpoint-dir)")
+    q = sub.add_parser("predict", help="score video files with a fitted ensemble")
+    q.add_argument("videos", nargs="+", metavar="VIDEO")
+    q.add_argument("--checkpoint-dir", type=Path, help="students' folder (default: the ensemble "
+                                                        "file's folder, else checkpoints)")
+    q.add_argument("--ensemble", type=Path, help="default: <checkpoint-dir>/ensemble.json")
+    q.add_argument("--json", action="store_true",
+                   help="JSON Lines: one JSON object per video, one per line, instead of the text lines")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return p

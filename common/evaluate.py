@@ -14,7 +14,6 @@ Face crops come the way stage validation gets them (stage_data.make_cache / ensu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -25,19 +24,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Sequence
 
+from common.cli import evaluate_parser as build_parser
 
-from common.cli import chunk_list, positive_int
+if __name__ == "__main__":  # the flags (and --help) answer before torch and the students load
+    build_parser().parse_args()
+
 from common.data.atomic import atomic_write
-from common.data.datasets import DATASETS, index_dataset, part_dirs
+from common.data.datasets import index_dataset, part_dirs
 from common.data.samples import FaceSamples
 from common.ensemble.fit import choose_settings
 from common.ensemble.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
                                       pick_device)
 from common.errors import UserError
-from common.faces.detectors import DETECTORS
 from common.faces.views import recorded_view
 from common.preprocess import ClipTransform
-from common.recipes import DEFAULTS
 from common.training import stage_data as sd
 from common.training.distributed import DistInfo
 from common.training.engine import make_precision, predict
@@ -233,31 +233,6 @@ def run(args) -> int:
     print(f"{what}: {len(records)} videos\n\n{table(rows)}\n")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m common.evaluate",
-                                description="Score every student and the ensemble on held-out data.")
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
-    p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--data", type=Path, required=True, help="dataset root (official layout)")
-    p.add_argument("--split", choices=("test",), default="test",
-                   help="held-out data only: FF++ official test, Celeb-DF test list, untrained DFDC parts")
-    p.add_argument("--parts", type=chunk_list, help="DFDC parts to score (default: every part no student trained on)")
-    p.add_argument("--compression", choices=("raw", "c23", "c40"), default="c23", help="FF++ compression folder")
-    p.add_argument("--splits", type=Path, help="FF++ folder with the official split files (default <data>/splits)")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    p.add_argument("--max-videos", type=positive_int, help="cap the videos scored (half real, half fake)")
-    p.add_argument("--image-size", type=positive_int, help=f"default: training config or {DEFAULTS.image_size}")
-    p.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
-    p.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
-    p.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
-    p.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed})")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, help="output folder (default <checkpoint-dir>/evaluation/<dataset>)")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,47 @@ def test_status_table_does_not_import_torch(tmp_path):
     assert out.returncode == 0 and "| BG | stage1_faceforensics |" in out.stdout
 
 
+# Runs a command as `python -m` / `python script.py` would, in this process, then says whether
+# torch got imported by the time the command exited (after --help or a flag error).
+_RUN_AND_REPORT = """
+import runpy, sys
+target, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    if target.endswith(".py"):
+        runpy.run_path(target, run_name="__main__")
+    else:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+print(f"exit={code} torch={'torch' in sys.modules}", file=sys.stderr)
+"""
+COMMANDS = ["common.extract", "common.evaluate", "common.ensemble", "common.status", "common.demo",
+            "common.sample_data", *(script_name(m, s) for m in MODEL_NAMES for s in RECIPES)]
+
+
+def _run_reporting(*argv: str) -> tuple[subprocess.CompletedProcess, str]:
+    out = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT, *argv], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    return out, out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_answers_help_before_importing_torch(command):
+    out, report = _run_reporting(command, "--help")
+    assert report == "exit=0 torch=False", (report, out.stderr[-2000:])
+    assert out.stdout.startswith("usage: python ")
+
+
+@pytest.mark.parametrize("argv", [("common.evaluate", "--dataset", "nope", "--data", "x"),
+                                  ("common.ensemble", "predict"),
+                                  ("common.ensemble", "fit", "--workers", "two", "--data", "x")])
+def test_a_bad_flag_is_refused_before_importing_torch(argv):
+    out, report = _run_reporting(*argv)
+    assert report == "exit=2 torch=False", (report, out.stderr[-2000:])
+    assert out.stderr.splitlines()[-2].startswith(f"python -m {argv[0]}")  # argparse's one error line
+
+
 @pytest.mark.parametrize("stage", list(RECIPES))
 def test_every_flag_with_a_value_shows_its_default(stage):
     parser = build_parser("cm", stage)

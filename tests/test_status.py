@@ -47,6 +47,16 @@ def test_healthy_and_failed_runs(tmp_path):
     assert status.main(["--checkpoint-dir", str(tmp_path / "absent")]) == 2
 
 
+def test_plain_status_reads_the_scripts_default_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert status.main([]) == 0  # before any training: nothing to report, not an error
+    assert "nothing trained here yet: no checkpoints/ folder" in capsys.readouterr().out
+    _write(tmp_path / "checkpoints", "rr", "stage1_faceforensics", [_epoch(1, 0.9), {"final": {"collapsed": False}}])
+    assert status.main([]) == 0 and "| RR | stage1_faceforensics | done |" in capsys.readouterr().out
+    _write(tmp_path / "checkpoints", "rr", "stage2_celebdf", [_epoch(1, 0.9), {"failed": "loss is nan"}])
+    assert status.main([]) == 1
+
+
 def test_status_file_keeps_the_hand_written_text(tmp_path):
     doc = tmp_path / "STATUS.md"
     shutil.copy(REPO / "TRAINING_STATUS.md", doc)

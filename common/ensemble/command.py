@@ -8,7 +8,6 @@ video through the one face path (common/faces/extraction.py) with the students' 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -19,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from common.cli import positive_int
+from common.cli import ensemble_parser as build_parser
 from common.data.datasets import VideoRecord
 from common.ensemble.fit import run_fit
 from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
@@ -27,10 +26,9 @@ from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, check_ex
                                       views_needed)
 from common.errors import UserError
 from common.faces.cache import NoFaceError
-from common.faces.detectors import DETECTORS, make_detector
+from common.faces.detectors import make_detector
 from common.faces.extraction import extract_video, face_settings
 from common.faces.video import BadVideoError, probe
-from common.recipes import DEFAULTS
 
 
 def predictor_students(ens: dict, checkpoint_dir: Path) -> tuple[dict[str, Student], list[str]]:
@@ -141,38 +139,6 @@ def run_predict(args) -> int:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m common.ensemble",
-                                description="Fit and apply the stacking ensemble of the students.")
-    sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fit", help="fit the combiners on the validation videos the students' checkpoints list")
-    f.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
-    f.add_argument("--data", type=Path, required=True, help="dataset root (official layout)")
-    f.add_argument("--dataset", choices=("dfdc", "celebdf", "faceforensics"),
-                   help="check that the students were validated on this dataset")
-    f.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    f.add_argument("--max-videos", type=positive_int, help="cap validation videos (half real, half fake)")
-    f.add_argument("--image-size", type=positive_int, help=f"face crop side (default: training config or {DEFAULTS.image_size})")
-    f.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
-    f.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
-    f.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
-    f.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed}); "
-                                            "the videos themselves come from the students' checkpoints")
-    f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    f.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    f.add_argument("--workers", type=int, default=2, help="DataLoader and face-extraction workers")
-    f.add_argument("--out", type=Path, help="where ensemble.json and the reports go "
-                                            "(default: --checkpoint-dir)")
-    q = sub.add_parser("predict", help="score video files with a fitted ensemble")
-    q.add_argument("videos", nargs="+", metavar="VIDEO")
-    q.add_argument("--checkpoint-dir", type=Path, help="students' folder (default: the ensemble "
-                                                        "file's folder, else checkpoints)")
-    q.add_argument("--ensemble", type=Path, help="default: <checkpoint-dir>/ensemble.json")
-    q.add_argument("--json", action="store_true", help="one JSON object per video")
-    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    return p
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

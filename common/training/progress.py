@@ -106,12 +106,17 @@ def live_row(model: str, stage: str, state: str, epoch: int, epochs: int,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m common.status",
                                 description="Print the training progress table from checkpoint files; "
-                                            "exit 1 when a stage failed or collapsed.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
-                   help="the folder the stage scripts wrote into")
+                                            "exit 1 when a stage failed or collapsed.")
+    p.add_argument("--checkpoint-dir", type=Path,
+                   help="the folder the stage scripts wrote into (default: checkpoints, as theirs)")
     args = p.parse_args(argv)
-    if not args.checkpoint_dir.is_dir():
+    if args.checkpoint_dir is None:  # the scripts' default: before any training it is simply not there yet
+        args.checkpoint_dir = Path("checkpoints")
+        if not args.checkpoint_dir.is_dir():
+            print(f"nothing trained here yet: no {args.checkpoint_dir}/ folder (the stage scripts' "
+                  f"default --checkpoint-dir); pass --checkpoint-dir DIR for another one")
+            return 0
+    if not args.checkpoint_dir.is_dir():  # named on the command line: a typo, most likely
         print(f"error: checkpoint folder {args.checkpoint_dir} does not exist", file=sys.stderr)
         return 2
     rows = all_states(args.checkpoint_dir)
