@@ -9,16 +9,19 @@ as subprocesses with a small backbone and small crops, then `common.status`,
 on two held-out videos, and ends with one table: every student's validation video AUC per
 stage and the ensemble's held-out video AUC. Each step's output goes to OUT/logs/.
 
-Exit 0 when every step succeeded and every bar is met: no student collapsed, the ensemble's
-held-out video AUC is at least ENSEMBLE_BAR and `common.status` exits 0. Otherwise one line
-says what failed (exit 1; exit 2 for a bad OUT).
+Before any data is made it checks the output folder, the face detector's model and the free
+disk (one line and exit 2, or 3 for too little disk). Exit 0 when every step succeeded and
+every bar is met: no student collapsed, the ensemble's held-out video AUC is at least
+ENSEMBLE_BAR and `common.status` exits 0. Otherwise one line says what failed (exit 1).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,11 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from common.recipes import RECIPES, STAGES, script_name
+from common.recipes import DEFAULTS, RECIPES, STAGES, script_name
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("bg", "av", "cm", "rr", "tm")  # the README's order
 ENSEMBLE_BAR = 0.9
+MARKER = ".demo-run"  # written into OUT first: only a folder holding it is ever replaced (--overwrite)
+# What a run writes is mostly checkpoints: 15 stages x (best + _last.pt, each mobilenet_v3_small's
+# ~10 MB of weights plus Adam's two moments, 30 MB) plus five 10 MB students; the tiny profile
+# wrote 871 MB in all, the demo profile adds some data and cache: about 1 GB. Twice that must be
+# free, so a run never ends on a full disk.
+NEEDS_FREE_BYTES = 2 * 1024 ** 3
 TITLES = {"stage1_faceforensics": "FF++ val", "stage2_celebdf": "Celeb-DF val", "stage4_dfdc": "DFDC val"}
 
 
@@ -147,7 +156,7 @@ def last_words(log: Path) -> str:
     """The last line of a log that says something (an error line, usually)."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
     errors = [ln for ln in lines if ln.startswith(("error:", "training failed:", "interrupted:"))]
-    return (errors or lines or ["(no output)"])[-1][:300]
+    return (errors or lines or ["(no output)"])[-1]  # whole: a cut line loses what to do
 
 
 def run_steps(steps: Sequence[Step], runner: Runner, logs: Path, echo=print) -> dict[str, float]:
@@ -224,6 +233,20 @@ def missed_bars(val: dict, held: dict) -> list[str]:
     return problems
 
 
+def timing_line(wall: float, data_s: float, seconds: dict[str, float]) -> str:
+    """The wall time the way the README states it: the whole run, the data, the stage range,
+    then the four commands after training."""
+    stages = [t for name, t in seconds.items() if name.startswith("train_")]
+    after = [seconds.get(name) for name in ("common.status", "common.ensemble fit", "common.evaluate",
+                                             "common.ensemble predict")]
+    parts = [f"data {data_s:.0f} s"]
+    if stages:
+        parts.append(f"stages {min(stages):.0f}–{max(stages):.0f} s each")
+    if all(t is not None for t in after):
+        parts.append("status / fit / evaluate / predict " + " / ".join(f"{t:.0f}" for t in after) + " s")
+    return f"Wall time {wall / 60:.1f} min ({wall:.0f} s: {', '.join(parts)})."
+
+
 def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -232,10 +255,68 @@ def write_text(path: Path, text: str) -> None:
 
 # ----------------------------------------------------------------------------- command
 
-def prepare_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not an empty folder; give the demo a new one")
+class DemoRefused(Exception):
+    """A check before any work failed: one line, and the exit code (2 user, 3 resource)."""
+
+    def __init__(self, code: int, line: str):
+        super().__init__(line)
+        self.code = code
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """OUT must be new, empty, or (with --overwrite) a previous demo's folder."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DemoRefused(2, f"{out} is a file; name a new folder: python -m common.demo NEW_FOLDER")
+    if not any(out.iterdir()):
+        return
+    if not (out / MARKER).is_file():
+        raise DemoRefused(2, f"{out} is not empty and was not made by the demo; name a new or empty "
+                             f"folder: python -m common.demo NEW_FOLDER")
+    if not overwrite:
+        raise DemoRefused(2, f"{out} holds an earlier demo run; to run again, replace it: python -m "
+                             f"common.demo {out} --overwrite (or name a new folder)")
+
+
+def check_model() -> None:
+    """The stages' face detector has its model (the per-user cache, else the one-time download
+    each stage would make): a missing model fails here, not after the data and stage 1."""
+    if DEFAULTS.face_detector != "yunet":
+        return
+    from common.errors import UserError
+    from common.faces.detectors import MODEL_DIR_ENV, YUNET_FILE, YUNET_URL, model_cache_dir, resolve_yunet_model
+
+    try:
+        resolve_yunet_model()
+    except UserError as exc:
+        why = str(exc) if "sha256" in str(exc) else "not in the model cache, and the download failed"
+        raise DemoRefused(2, f"the stages detect faces with YuNet, and its model is missing ({why}): put "
+                             f"{YUNET_FILE} (from {YUNET_URL}) into {model_cache_dir()}, or set {MODEL_DIR_ENV} "
+                             f"to a folder holding it, then run the demo again")
+
+
+def check_disk(out: Path) -> None:
+    """NEEDS_FREE_BYTES free where OUT is (or will be)."""
+    where = out.absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < NEEDS_FREE_BYTES:
+        raise DemoRefused(3, f"only {free / 1024 ** 3:.1f} GB free at {where}; the demo writes about 1 GB and "
+                             f"needs {NEEDS_FREE_BYTES / 1024 ** 3:.0f} GB free: free some space or name a "
+                             f"folder on another disk")
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Every check, then the folder: emptied when it is an earlier demo's, marked as the demo's."""
+    check_out(out, overwrite)
+    check_model()
+    check_disk(out)
+    if overwrite and (out / MARKER).is_file():
+        shutil.rmtree(out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by python -m common.demo; --overwrite replaces this folder\n")
 
 
 def run_demo(out: Path, profile: Profile, runner: Runner = subprocess_runner, echo=print) -> int:
@@ -247,18 +328,19 @@ def run_demo(out: Path, profile: Profile, runner: Runner = subprocess_runner, ec
     echo(f"demo: sample data ({profile.sample_size}) -> {out / 'data'}; steps run with "
          f"OMP_NUM_THREADS={child_env()['OMP_NUM_THREADS']}, logs in {logs}")
     trees = make_all(out / "data", size=profile.sample_size)
-    echo("      " + ", ".join(f"{name} {len(paths)} videos" for name, paths in trees.items())
-         + f"  {time.time() - start:.1f} s")
+    data_s = time.time() - start
+    echo("      " + ", ".join(f"{name} {len(paths)} videos" for name, paths in trees.items()) + f"  {data_s:.1f} s")
+    seconds = {}
     try:
-        run_steps(plan(out, profile), runner, logs, echo)
+        seconds = run_steps(plan(out, profile), runner, logs, echo)
     finally:
         val, held = collect(out / "checkpoints", out / "checkpoints" / "evaluation" / "dfdc" / "evaluation.json")
     table = render(val, held, f"DFDC part {profile.held_out_part}")
-    wall = time.time() - start
+    timing = timing_line(time.time() - start, data_s, seconds)
     problems = missed_bars(val, held)
     verdict = "all bars met" if not problems else "; ".join(problems)
-    write_text(out / "demo.md", f"# Demo results\n\n{table}\n\nWall time {wall:.0f} s. {verdict}.\n")
-    echo(f"\n{table}\n\nwall time {wall / 60:.1f} min; table in {out / 'demo.md'}")
+    write_text(out / "demo.md", f"# Demo results\n\n{table}\n\n{timing}\n\n{verdict}.\n")
+    echo(f"\n{table}\n\n{timing}\n(table and timing also in {out / 'demo.md'})")
     if problems:
         raise DemoFailed(verdict)
     echo(f"every student learned (validation AUC > collapse line), ensemble held-out video AUC "
@@ -274,17 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", nargs="?", type=Path, default=Path("demo-run"),
                    help="new or empty folder for data, cache, checkpoints, logs and the table")
     p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
-                   help="demo: learns, about 4 min on 2 CPU cores; tiny: the plumbing only, on the test tree")
+                   help="demo: learns (its time is in the README); tiny: the plumbing only, on the test tree")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it holds an earlier demo run")
     return p
 
 
 def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> int:
     args = build_parser().parse_args(argv)
     try:
-        prepare_out(args.out)
-    except (ValueError, OSError) as e:
+        prepare_out(args.out, args.overwrite)
+    except DemoRefused as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.code
+    except OSError as e:
+        print(f"error: {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 3 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 2
     try:
         return run_demo(args.out, PROFILES[args.profile], runner)
     except DemoFailed as e:

@@ -1,5 +1,6 @@
 """Test-wide settings: no test may reach the network, and all of them run on the CPU."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,36 +17,45 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".no-torch-home"))
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+# Scripts the tests start get no network either: a download attempt fails at once (closed port).
+for _proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+    os.environ[_proxy] = "http://127.0.0.1:9"
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = "localhost,127.0.0.1,::1"
 
-def shared_dir(name: str):
-    """../shared/<name> beside the repository (CI), else /work/shared/<name>; None if absent."""
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    for base in (repo.parent / "shared", repo.parents[1] / "shared", Path("/work/shared")):
-        if (base / name).is_dir():
-            return base / name
-    return None
+# Real FF++ footage for tests/test_real_footage.py: a folder holding ffpp/ in the official layout.
+REALDATA_ENV = "DEEPFAKE_REALDATA_DIR"
 
 
-def _yunet_model_cache() -> None:
-    """YuNet is the default detector: tests use the real model from ../shared/models, copied
-    into a private model cache (DEEPFAKE_MODEL_DIR, inherited by the scripts the tests start),
-    so nothing is ever downloaded."""
-    import shutil
-    import tempfile
+def find_yunet_model() -> tuple[Path | None, str]:
+    """The YuNet model where a user's run finds it ($DEEPFAKE_MODEL_DIR, else the per-user model
+    cache: the project's own lookup, with its download switched off), else None and why."""
+    from common.errors import UserError
+    from common.faces.detectors import MODEL_DIR_ENV, YUNET_FILE, model_cache_dir, resolve_yunet_model
 
-    from common.faces.detectors import MODEL_DIR_ENV, YUNET_FILE
-
-    models = shared_dir("models")
-    if models is None or MODEL_DIR_ENV in os.environ:
-        return
-    cache = tempfile.mkdtemp(prefix="yunet-cache-")
-    shutil.copy(models / "face_detection_yunet.onnx", os.path.join(cache, YUNET_FILE))
-    os.environ[MODEL_DIR_ENV] = cache
+    try:
+        return resolve_yunet_model(download=False), ""
+    except UserError:
+        return None, (f"needs the YuNet face model: no {YUNET_FILE} in {model_cache_dir()} (put it there, "
+                      f"or set {MODEL_DIR_ENV} to a folder holding it; README, Tests)")
 
 
-_yunet_model_cache()
+@pytest.fixture(scope="session")
+def yunet_model() -> Path:
+    """The YuNet model file; tests (and the fixtures) that detect with YuNet skip without it."""
+    path, why = find_yunet_model()
+    if path is None:
+        pytest.skip(why)
+    return path
+
+
+def realdata_dir() -> tuple[Path | None, str]:
+    """$DEEPFAKE_REALDATA_DIR when it holds ffpp/, else None and why."""
+    value = os.environ.get(REALDATA_ENV)
+    if not value:
+        return None, f"needs real FF++ footage: set {REALDATA_ENV} to a folder holding ffpp/ (README, Tests)"
+    if not (Path(value).expanduser() / "ffpp").is_dir():
+        return None, f"{REALDATA_ENV}={value} holds no ffpp/ folder"
+    return Path(value).expanduser(), ""
 
 
 @pytest.fixture(autouse=True)

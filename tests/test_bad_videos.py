@@ -25,7 +25,7 @@ def test_stop_needs_a_share_above_the_limit_and_more_than_two_videos(bad, total,
         check_bad_fraction(samples, total, 0.05, "val", tmp_path / "s.txt")
 
 
-def test_a_missing_video_is_counted_marked_and_listed(tmp_path):
+def test_a_missing_video_is_counted_marked_and_listed(tmp_path, yunet_model):
     write_mp4(tmp_path / "here.mp4", face_video(20, (160, 120), identity=0, seed=1))
     here = VideoRecord(str(tmp_path / "here.mp4"), "v/here.mp4", 0, "here", "val", False)
     gone = VideoRecord(str(tmp_path / "gone.mp4"), "v/gone.mp4", 1, "here", "val", False,

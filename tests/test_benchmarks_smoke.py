@@ -35,7 +35,7 @@ def check(result: dict, name: str, figures: tuple[str, ...]) -> None:
     assert result["pass"] and all(isinstance(v, bool) for v in result["pass"].values())
 
 
-def test_extraction_benchmark_runs(tmp_path):
+def test_extraction_benchmark_runs(tmp_path, yunet_model):
     res = bench_extraction.main([
         "--video-dir", str(tmp_path), "--width", "160", "--height", "120", "--face-px", "72",
         "--seconds", "1", "--fps", "10", "--rounds", "1", "--naive-frames", "1",

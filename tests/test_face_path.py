@@ -28,7 +28,7 @@ SMALL = ["--backbone", "mobilenet_v3_small", "--pretrained", "none", "--image-si
 
 
 @pytest.fixture(scope="module")
-def trained(sample_root, tmp_path_factory):
+def trained(sample_root, tmp_path_factory, yunet_model):
     work = tmp_path_factory.mktemp("facepath")
     data = sample_root / "faceforensics"
     code = run_stage("cm", "stage1_faceforensics",

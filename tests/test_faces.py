@@ -59,7 +59,7 @@ def new_cache(tmp_path, detector="yunet"):
     return FaceCache(tmp_path / "cache", "tiny", S, N, T, detector)
 
 
-def test_cache_builds_complete_entries(data, tmp_path):
+def test_cache_builds_complete_entries(data, tmp_path, yunet_model):
     cache = new_cache(tmp_path)
     assert cache.dir.name == "tiny_s64_n4_t3_yunet"
     s = build_face_cache(data["records"], cache, workers=0, progress=False)
@@ -108,7 +108,7 @@ def test_cache_builds_complete_entries(data, tmp_path):
     assert sheet is not None and sheet.shape[0] == 3 * 64 and sheet.shape[1] == 150 + 8 * 64
 
 
-def test_fake_is_detected_on_its_own_frames_and_a_grey_fake_is_no_face(data, tmp_path):
+def test_fake_is_detected_on_its_own_frames_and_a_grey_fake_is_no_face(data, tmp_path, yunet_model):
     grey = np.full((N_FRAMES, 120, 160, 3), 128, np.uint8)  # same size as its real
     write_mp4(tmp_path / "grey.mp4", grey)
     grey_rec = VideoRecord(str(tmp_path / "grey.mp4"), "vids/grey.mp4", 1, "grey", "train",
@@ -124,7 +124,7 @@ def test_fake_is_detected_on_its_own_frames_and_a_grey_fake_is_no_face(data, tmp
     assert meta["boxes"] == fake["boxes"]
 
 
-def test_points_without_a_face_nearby_are_dropped_and_few_faces_skip(tmp_path):
+def test_points_without_a_face_nearby_are_dropped_and_few_faces_skip(tmp_path, yunet_model):
     face = face_video(100, (160, 120), identity=0, seed=3)
     half = np.concatenate([face[:60], noise(40, 1)])   # face until 2.4 s of 4 s
     little = np.concatenate([face[:30], noise(70, 2)])  # face until 1.2 s
@@ -143,7 +143,7 @@ def test_points_without_a_face_nearby_are_dropped_and_few_faces_skip(tmp_path):
     assert marker["reason"] == "few_faces" and "of 4 sample points" in marker["detail"]
 
 
-def test_second_run_does_no_work_and_remembers_skips(data, tmp_path):
+def test_second_run_does_no_work_and_remembers_skips(data, tmp_path, yunet_model):
     cache = new_cache(tmp_path)
     build_face_cache(data["records"], cache, workers=0, progress=False)
     stamp = {p: p.stat().st_mtime_ns for p in cache.dir.iterdir()}
@@ -154,7 +154,7 @@ def test_second_run_does_no_work_and_remembers_skips(data, tmp_path):
     assert (s["done"], s["cached"], s["skipped"]) == (0, 3, {"no_face": 1, "bad_video": 1})
 
 
-def test_interrupted_run_is_resumed_and_its_leftovers_tidied(data, tmp_path):
+def test_interrupted_run_is_resumed_and_its_leftovers_tidied(data, tmp_path, yunet_model):
     cache = new_cache(tmp_path)
     build_face_cache(data["records"], cache, workers=0, progress=False)
     before = np.array(cache.entry("vids/real_b.mp4")[0])
@@ -171,7 +171,7 @@ def test_interrupted_run_is_resumed_and_its_leftovers_tidied(data, tmp_path):
     assert not any(p.exists() for p in dead) and live.is_file()
 
 
-def test_shards_partition_records_and_keep_fakes_with_their_source(data, tmp_path):
+def test_shards_partition_records_and_keep_fakes_with_their_source(data, tmp_path, yunet_model):
     fake = [VideoRecord(f"/x/f{i}.mp4", f"f/{i}.mp4", 1, "g", "train", False, f"r/{i % 7}.mp4")
             for i in range(40)]
     real = [VideoRecord(f"/x/r{i}.mp4", f"r/{i}.mp4", 0, "g", "train", False) for i in range(7)]
@@ -200,7 +200,7 @@ class Deadly:
         return (os._exit, (9,))
 
 
-def test_worker_processes_give_the_same_cache_and_a_dead_worker_is_named(data, tmp_path):
+def test_worker_processes_give_the_same_cache_and_a_dead_worker_is_named(data, tmp_path, yunet_model):
     solo, pool = new_cache(tmp_path / "a"), new_cache(tmp_path / "b")
     records = data["records"][:4]
     build_face_cache(records, solo, workers=0, decode_audio=False, progress=False)
@@ -218,7 +218,7 @@ def test_worker_processes_give_the_same_cache_and_a_dead_worker_is_named(data, t
     assert time.monotonic() - t0 < 60
 
 
-def test_container_that_lies_about_its_length_is_resampled(data, tmp_path):
+def test_container_that_lies_about_its_length_is_resampled(data, tmp_path, yunet_model):
     path = write_mp4_faststart(tmp_path / "cut.mp4", data["frames"]["real_a"], faststart=True)
     blob = open(path, "rb").read()
     open(path, "wb").write(blob[: len(blob) * 6 // 10])
@@ -261,7 +261,7 @@ def test_box_helpers():
         make_detector("mtcnn")
 
 
-def test_cli_extracts_a_dataset_and_rejects_bad_flags(tmp_path, capsys):
+def test_cli_extracts_a_dataset_and_rejects_bad_flags(tmp_path, capsys, yunet_model):
     root = tmp_path / "celebdf"
     make_celebdf(root, n_ids=2, n_frames=12)
     out = tmp_path / "cache"
@@ -288,7 +288,7 @@ def test_cli_extracts_a_dataset_and_rejects_bad_flags(tmp_path, capsys):
     assert main(["--dataset", "celebdf", "--data", str(tmp_path / "nope"), "--workers", "0"]) == 2
 
 
-def test_two_processes_share_one_empty_cache(tmp_path):
+def test_two_processes_share_one_empty_cache(tmp_path, yunet_model):
     root = tmp_path / "celebdf"
     make_celebdf(root, n_ids=2, n_frames=12)
     cmd = [sys.executable, "-m", "common.extract", "--dataset", "celebdf", "--data", str(root),
@@ -321,13 +321,13 @@ def test_offline_without_a_model_is_one_clear_line(tmp_path, monkeypatch):
     assert "--face-model" in msg and "--face-detector haar" in msg and "\n" not in msg
 
 
-def test_download_is_verified_and_renamed_into_place(tmp_path, monkeypatch):
+def test_download_is_verified_and_renamed_into_place(tmp_path, monkeypatch, yunet_model):
     import hashlib
     import io
 
     import common.faces.detectors as faces
 
-    blob = (Path(os.environ[faces.MODEL_DIR_ENV]) / faces.YUNET_FILE).read_bytes()
+    blob = yunet_model.read_bytes()
     monkeypatch.setenv(faces.MODEL_DIR_ENV, str(tmp_path / "models"))
     monkeypatch.setattr(faces.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(blob))
     with pytest.raises(UserError, match="sha256"):  # not the official file: refused
@@ -340,7 +340,7 @@ def test_download_is_verified_and_renamed_into_place(tmp_path, monkeypatch):
     assert isinstance(make_detector("yunet"), YuNetDetector)
 
 
-def test_a_video_locked_by_another_writer_is_not_extracted_twice(data, tmp_path):
+def test_a_video_locked_by_another_writer_is_not_extracted_twice(data, tmp_path, yunet_model):
     cache = new_cache(tmp_path)
     r = data["records"][1]
     with cache.locked(r.rel) as got:  # another open file description: as another process

@@ -1,4 +1,5 @@
-"""YuNet on real footage: the six FF++ c23 videos of ../shared/realdata/ffpp (never copied here).
+"""YuNet on real footage: FF++ c23 videos under $DEEPFAKE_REALDATA_DIR/ffpp (six of them in CI;
+never copied into the project).
 
 Every crop the extraction keeps must show a face that the detector finds again, and points
 where the footage cuts away from the face (a map graphic, as in FF++ video 519's news
@@ -16,14 +17,14 @@ from common.faces.cache import FaceCache
 from common.faces.detectors import largest_face, make_detector
 from common.faces.extraction import build_face_cache, video_crops
 from common.faces.video import iter_frames
-from tests.conftest import shared_dir
+from tests.conftest import realdata_dir
 
-REAL = shared_dir("realdata")
-pytestmark = pytest.mark.skipif(REAL is None, reason="../shared/realdata is not here")
+REAL, WHY = realdata_dir()
+pytestmark = pytest.mark.skipif(REAL is None, reason=WHY)
 
 
 @pytest.fixture(scope="module")
-def yunet():
+def yunet(yunet_model):
     return make_detector("yunet")
 
 
@@ -64,7 +65,7 @@ def test_points_where_the_footage_cuts_to_a_graphic_are_dropped(tmp_path, yunet)
     assert all(largest_face(yunet.detect(np.asarray(c[0]))) is not None for c in crops)
 
 
-def test_sigterm_ends_a_pooled_extraction_within_seconds(tmp_path):
+def test_sigterm_ends_a_pooled_extraction_within_seconds(tmp_path, yunet_model):
     import signal
     import subprocess
     import sys

@@ -72,7 +72,7 @@ def test_status_file_keeps_the_hand_written_text(tmp_path):
     assert plain.read_text().startswith("# my notes\n") and status.END in plain.read_text()
 
 
-def test_a_run_refreshes_the_table_at_every_epoch(sample_root, tmp_path, monkeypatch):
+def test_a_run_refreshes_the_table_at_every_epoch(sample_root, tmp_path, monkeypatch, yunet_model):
     doc = tmp_path / "STATUS.md"
     shutil.copy(REPO / "TRAINING_STATUS.md", doc)
     snapshots = []
@@ -98,7 +98,7 @@ def test_a_run_refreshes_the_table_at_every_epoch(sample_root, tmp_path, monkeyp
     assert final.split(status.START)[0] == (REPO / "TRAINING_STATUS.md").read_text().split(status.START)[0]
 
 
-def test_a_stage_whose_every_epoch_collapsed_shows_as_failed(sample_root, tmp_path, monkeypatch):
+def test_a_stage_whose_every_epoch_collapsed_shows_as_failed(sample_root, tmp_path, monkeypatch, yunet_model):
     monkeypatch.setattr("common.training.metrics.COLLAPSE_AUC", 1.01)
     ck = tmp_path / "ck"
     code = run_stage("rr", "stage1_faceforensics", [

@@ -33,7 +33,7 @@ def args(root, work, stage, *extra):
 
 
 @pytest.fixture(scope="module")
-def chained(sample_root, tmp_path_factory):
+def chained(sample_root, tmp_path_factory, yunet_model):
     """All five models, all three stages, one shared face cache. The students are untrained
     (one epoch, a few videos): the AUC part of the collapse rule is switched off so that a
     chance-level epoch does not end the chain (the rule itself is tested below)."""
@@ -148,7 +148,7 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(sample_root, tmp_path, monkeypatch):
+def test_resume_after_interruption_matches_an_uninterrupted_run(sample_root, tmp_path, monkeypatch, yunet_model):
     import common.training.stage as stage_mod
 
     extra = ["--epochs", "2", "--frames-per-video", "8"]
@@ -176,7 +176,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(sample_root, tmp
         assert torch.equal(a[k], b[k]), k
 
 
-def test_torchrun_two_processes_write_one_set_of_files(sample_root, tmp_path):
+def test_torchrun_two_processes_write_one_set_of_files(sample_root, tmp_path, yunet_model):
     # The stage script's own code, with the AUC part of the collapse rule off (an untrained model).
     script = tmp_path / "train_bg_stage1_untrained.py"
     script.write_text("import sys\nimport common.training.metrics\ncommon.training.metrics.COLLAPSE_AUC = -1.0\n"
@@ -248,7 +248,7 @@ def test_selection_never_prefers_a_collapsed_epoch():
     assert better(_m(0.40, True), state) and not better(_m(0.20, True), state)
 
 
-def test_all_collapsed_stage_exits_3_and_the_next_stage_refuses_it(sample_root, tmp_path, monkeypatch, capsys):
+def test_all_collapsed_stage_exits_3_and_the_next_stage_refuses_it(sample_root, tmp_path, monkeypatch, capsys, yunet_model):
     monkeypatch.setattr("common.training.metrics.COLLAPSE_AUC", 1.01)  # every epoch counts as collapsed
     code = run_stage("bg", "stage1_faceforensics", args(sample_root, tmp_path, "stage1_faceforensics"))
     err = capsys.readouterr().err
@@ -346,7 +346,7 @@ def test_a_student_learns_a_separable_task():
     assert not metrics["collapse"]["collapsed"]
 
 
-def test_a_stage_picks_the_non_collapsed_epoch_over_better_collapsed_ones(sample_root, tmp_path, monkeypatch):
+def test_a_stage_picks_the_non_collapsed_epoch_over_better_collapsed_ones(sample_root, tmp_path, monkeypatch, yunet_model):
     """Epoch AUCs 0.99 (collapsed), 0.60, 0.95 (collapsed): the checkpoint is epoch 2's."""
     import common.training.engine as engine
 
