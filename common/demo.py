@@ -296,12 +296,14 @@ def check_model() -> None:
                              f"to a folder holding it, then run the demo again")
 
 
-def check_disk(out: Path) -> None:
-    """NEEDS_FREE_BYTES free where OUT is (or will be)."""
+def check_disk(out: Path, replacing: bool) -> None:
+    """NEEDS_FREE_BYTES free where OUT is (or will be), counting an earlier run it replaces."""
     where = out.absolute()
     while not where.exists():
         where = where.parent
     free = shutil.disk_usage(where).free
+    if replacing:
+        free += sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and not f.is_symlink())
     if free < NEEDS_FREE_BYTES:
         raise DemoRefused(3, f"only {free / 1024 ** 3:.1f} GB free at {where}; the demo writes about 1 GB and "
                              f"needs {NEEDS_FREE_BYTES / 1024 ** 3:.0f} GB free: free some space or name a "
@@ -312,8 +314,9 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     """Every check, then the folder: emptied when it is an earlier demo's, marked as the demo's."""
     check_out(out, overwrite)
     check_model()
-    check_disk(out)
-    if overwrite and (out / MARKER).is_file():
+    replacing = overwrite and (out / MARKER).is_file()
+    check_disk(out, replacing)
+    if replacing:
         shutil.rmtree(out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by python -m common.demo; --overwrite replaces this folder\n")
@@ -377,7 +380,8 @@ def main(argv: list[str] | None = None, runner: Runner = subprocess_runner) -> i
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the running step got the Ctrl-C too and stopped on its own
-        print(f"demo interrupted; its files so far are in {args.out}", file=sys.stderr)
+        print(f"demo interrupted; its files so far are in {args.out}; to run it again: "
+              f"python -m common.demo {args.out} --overwrite", file=sys.stderr)
         return 130
 
 
