@@ -33,4 +33,4 @@ def test_a_clone_without_the_model_or_footage_skips_with_the_reason(tmp_path):
     assert skips[0].endswith(f"needs the YuNet face model: no {YUNET_FILE} in {cache} (put it there, or set "
                              f"{MODEL_DIR_ENV} to a folder holding it; README, Tests)")
     assert skips[1].endswith(f"needs real FF++ footage: set {REALDATA_ENV} to a folder holding ffpp/ (README, Tests)")
-    assert not (home / ".cache").exists()  # looked, downloaded nothing
+    assert not (home / ".cache" / "deepfake-suite").exists()  # looked, downloaded nothing
