@@ -200,10 +200,22 @@ def run_stage(model: str, stage: str, argv: list[str] | None = None) -> int:
 # flag answer before any of that loads (common/evaluate.py and common/ensemble/__main__.py parse
 # first). The detector and dataset names are imported when a parser is built, not with this module.
 
+def _cache_and_face_flags(p: argparse.ArgumentParser, cap: str) -> None:
+    """The face cache, a cap on the videos, and the face settings, which default to the ones the
+    students were trained with (evaluate and ensemble fit)."""
+    from common.faces.detectors import DETECTORS
+
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--max-videos", type=positive_int, help=cap)
+    p.add_argument("--image-size", type=positive_int, help=f"face crop side (default: training config or {DEFAULTS.image_size})")
+    p.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
+    p.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
+    p.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
     """The flags of `python -m common.evaluate`."""
     from common.data.datasets import DATASETS
-    from common.faces.detectors import DETECTORS
 
     p = argparse.ArgumentParser(prog="python -m common.evaluate",
                                 description="Score every student and the ensemble on held-out data.")
@@ -215,12 +227,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", type=chunk_list, help="DFDC parts to score (default: every part no student trained on)")
     p.add_argument("--compression", choices=("raw", "c23", "c40"), default="c23", help="FF++ compression folder")
     p.add_argument("--splits", type=Path, help="FF++ folder with the official split files (default <data>/splits)")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    p.add_argument("--max-videos", type=positive_int, help="cap the videos scored (half real, half fake)")
-    p.add_argument("--image-size", type=positive_int, help=f"default: training config or {DEFAULTS.image_size}")
-    p.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
-    p.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
-    p.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
+    _cache_and_face_flags(p, "cap the videos scored (half real, half fake)")
     p.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
@@ -231,8 +238,6 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def ensemble_parser() -> argparse.ArgumentParser:
     """The flags of `python -m common.ensemble fit | predict`."""
-    from common.faces.detectors import DETECTORS
-
     p = argparse.ArgumentParser(prog="python -m common.ensemble",
                                 description="Fit and apply the stacking ensemble of the students.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -241,12 +246,7 @@ def ensemble_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", type=Path, required=True, help="dataset root (official layout)")
     f.add_argument("--dataset", choices=("dfdc", "celebdf", "faceforensics"),
                    help="check that the students were validated on this dataset")
-    f.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    f.add_argument("--max-videos", type=positive_int, help="cap validation videos (half real, half fake)")
-    f.add_argument("--image-size", type=positive_int, help=f"face crop side (default: training config or {DEFAULTS.image_size})")
-    f.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
-    f.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")
-    f.add_argument("--face-model", help="YuNet .onnx for --face-detector yunet")
+    _cache_and_face_flags(f, "cap validation videos (half real, half fake)")
     f.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed}); "
                                             "the videos themselves come from the students' checkpoints")
     f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
