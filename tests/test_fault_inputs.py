@@ -127,3 +127,132 @@ def test_a_16000_px_h264_file_is_refused_from_its_headers_in_little_memory(tmp_p
                          text=True, timeout=120, check=True).stdout.split("\n")
     assert out[0] == "frame size 16000x16000 is over the 8192 px limit", out
     assert int(out[1]) <= 200 * 1024, f"peak {int(out[1]) / 1024:.0f} MB"  # VmHWM is in kB
+
+
+# ----------------------------------------------------------------------------- bad metadata
+
+def test_dfdc_originals_that_name_themselves_a_fake_or_nothing_warn_once_and_group_safely(
+        sample_root, tmp_path, caplog):
+    import json
+    import logging
+    import shutil
+
+    from common.data.datasets import index_dfdc, part_dirs
+
+    part = tmp_path / "dfdc" / "dfdc_train_part_0"
+    shutil.copytree(part_dirs(sample_root / "dfdc")[0], part)
+    meta = json.loads((part / "metadata.json").read_text())
+    real = next(n for n, e in meta.items() if e["label"] == "REAL" and
+                sum(f.get("original") == n for f in meta.values()) >= 2)
+    first, second = sorted(n for n, e in meta.items() if e.get("original") == real)[:2]
+    others = sorted(n for n, e in meta.items() if e["label"] == "FAKE" and n not in (first, second))
+    selfish, lost = others[0], others[1]
+    meta[first]["original"] = second              # a fake named as the original: chain to the real
+    meta[selfish]["original"] = selfish           # itself
+    meta[lost]["original"] = "nowhere.mp4"        # no such file
+    (part / "metadata.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="common.data.datasets"):
+        records = {Path(r.rel).name: r for r in index_dfdc(tmp_path / "dfdc", seed=42)}
+    lines = [r.getMessage() for r in caplog.records if "'original'" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "itself: 1" in lines[0] and "another fake: 1" in lines[0] and "a file not on disk: 1" in lines[0]
+    # the chain ends at the real: all three videos share its group (and its split)
+    assert records[first].group == records[second].group == records[real].group == real
+    assert records[first].split == records[real].split
+    assert records[first].source == records[real].rel
+    assert records[selfish].group == selfish and records[selfish].source is None
+    assert records[lost].group == "nowhere.mp4" and records[lost].source is None
+
+
+def test_an_empty_training_split_stops_before_any_work(sample_root, tmp_path, capsys):
+    import json
+    import shutil
+
+    from common.cli import EXIT_USER_ERROR, run_stage
+
+    splits = tmp_path / "splits"
+    shutil.copytree(sample_root / "faceforensics" / "splits", splits)
+    (splits / "train.json").write_text(json.dumps([]))
+    args = ["--data", str(sample_root / "faceforensics"), "--splits", str(splits), "--checkpoint-dir",
+            str(tmp_path / "ck"), "--cache-dir", str(tmp_path / "cache"), "--backbone", "mobilenet_v3_small",
+            "--pretrained", "none", "--image-size", "32", "--frames-per-video", "2", "--workers", "0",
+            "--device", "cpu", "--no-status", "--face-detector", "none"]
+    assert run_stage("bg", "stage1_faceforensics", args) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == (f"error: no training videos in {sample_root / 'faceforensics'} "
+                                        f"(check {splits}/train.json)")
+    assert not (tmp_path / "cache").exists()  # before any extraction, let alone an epoch
+    assert not list((tmp_path / "ck").glob("*.metrics.jsonl"))
+
+
+def test_an_empty_celebdf_test_list_is_an_error(tmp_path):
+    from common.data.datasets import index_celebdf
+    from common.errors import DatasetLayoutError
+
+    for folder, names in (("Celeb-real", ["id0_0000.mp4", "id1_0000.mp4"]),
+                          ("Celeb-synthesis", ["id0_id1_0000.mp4"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"")
+    (tmp_path / "List_of_testing_videos.txt").write_text("\n\n")
+    with pytest.raises(DatasetLayoutError, match="List_of_testing_videos.txt: lists no videos"):
+        index_celebdf(tmp_path)
+    (tmp_path / "List_of_testing_videos.txt").unlink()  # no file at all: trains without a test split
+    assert {r.split for r in index_celebdf(tmp_path)} <= {"train", "val"}
+
+
+# ----------------------------------------------------------------------------- Ctrl-C in extract
+
+SLOW = '''
+import time
+import common.faces.extraction as fx
+_real = fx.extract_video
+def _slow(*a, **k):
+    out = _real(*a, **k)
+    time.sleep(1.0)
+    return out
+fx.extract_video = _slow
+'''
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_in_extract_exits_130_with_one_line_and_the_cache_stays_usable(sample_root, tmp_path, workers):
+    """Ctrl-C in a terminal reaches the whole process group: so does this SIGINT."""
+    import signal
+    import time
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(SLOW)
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "common.extract", "--dataset", "faceforensics", "--data",
+           str(sample_root / "faceforensics"), "--cache-dir", str(cache), "--face-detector", "none",
+           "--image-size", "32", "--frames-per-video", "2", "--clip-len", "3", "--workers", str(workers),
+           "--no-progress", "--no-audio"]
+    env = dict(os.environ, PYTHONPATH=f"{shim}{os.pathsep}{REPO}")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(cache.glob("*/*.json")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [x for x in err.splitlines() if not x.startswith(("INFO", "WARNING"))]
+    assert lines == ["interrupted: extraction stopped by Ctrl-C; the videos finished so far stay cached, "
+                     "rerun the same command to continue"], err
+    kept = len(list(cache.glob("*/*.json")))
+    assert kept >= 1
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    summary = again.stdout.strip().splitlines()[0]
+    assert f"{kept} already cached" in summary and "failed: 0" in summary, summary
+    from common.data.datasets import index_faceforensics
+
+    total = len(index_faceforensics(sample_root / "faceforensics"))
+    assert len(list(cache.glob("*/*.json"))) == total
+    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+    for meta in cache.glob("*/*.json"):
+        assert np.load(meta.with_suffix(".npy")).shape[:2] == (2, 3)
