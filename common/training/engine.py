@@ -37,21 +37,29 @@ def batches(loader):
 
     torch reports a dead worker from its SIGCHLD handler, which Python runs wherever the main
     thread happens to be: mid-forward, or half-way through an optimiser step, whose state a
-    save would then keep. Here the signal is only noted, and torch's check runs before the
-    next batch is fetched (its own liveness check in the fetch stays as it is)."""
+    save would then keep. Here torch's check runs at once only while a batch is being fetched;
+    during a step the signal is noted, and checked before the next fetch."""
     it = iter(loader)  # starts the workers, and installs torch's handler once per process
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGCHLD) if main else None
-    pending: list[int] = []
+    state = {"pending": False, "fetching": False}
+
+    def on_child(signum, frame):
+        if state["fetching"] and callable(previous):
+            previous(signum, frame)  # torch's check, raising inside next(): nothing half-done
+        else:
+            state["pending"] = True
+
     if main:
-        signal.signal(signal.SIGCHLD, lambda signum, frame: pending.append(signum))
+        signal.signal(signal.SIGCHLD, on_child)
 
     def fetched():
         while True:
             try:
-                if pending and callable(previous):
-                    pending.clear()
-                    previous(signal.SIGCHLD, None)  # torch's: raises if one of its workers died
+                state["fetching"] = True
+                if state["pending"] and callable(previous):
+                    state["pending"] = False
+                    previous(signal.SIGCHLD, None)  # raises if one of its workers died
                 batch = next(it)
             except StopIteration:
                 return
@@ -59,6 +67,8 @@ def batches(loader):
                 if not str(e).startswith("DataLoader worker (pid"):
                     raise
                 raise WorkerDied(str(e).split(". ")[0].strip().rstrip(".")) from None
+            finally:
+                state["fetching"] = False
             yield batch
     try:
         yield fetched()
