@@ -40,8 +40,9 @@ def batches(loader):
     save would then keep. Here torch's check runs at once only while a batch is being fetched;
     during a step the signal is noted, and checked before the next fetch."""
     it = iter(loader)  # starts the workers, and installs torch's handler once per process
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGCHLD) if main else None
+    # Only a loader with worker processes needs this, and only the main thread may set a handler.
+    watch = getattr(loader, "num_workers", 0) > 0 and threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGCHLD) if watch else None
     state = {"pending": False, "fetching": False}
 
     def on_child(signum, frame):
@@ -50,7 +51,7 @@ def batches(loader):
         else:
             state["pending"] = True
 
-    if main:
+    if watch:
         signal.signal(signal.SIGCHLD, on_child)
 
     def fetched():
@@ -73,7 +74,7 @@ def batches(loader):
     try:
         yield fetched()
     finally:
-        if main:
+        if watch:
             signal.signal(signal.SIGCHLD, previous)
 
 
