@@ -1,8 +1,14 @@
 """Errors that mean "the user asked for something that cannot work".
 
 Scripts catch `UserError`, print its one-line message and exit with code 2, so a bad
-path or flag never ends in a traceback. Anything else is a bug and keeps its traceback.
+path or flag never ends in a traceback. A write the disk refused (`is_disk_fault`) exits 3
+in every command, like a failed stage. Anything else is a bug and keeps its traceback.
 """
+import errno
+
+# A write that failed because of the disk, not the program or the command line.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+EXIT_DISK = 3
 
 
 class UserError(Exception):
@@ -17,5 +23,15 @@ class CheckpointError(UserError):
     """A checkpoint is missing, unreadable, from another model or from a newer format."""
 
 
-class CheckpointWriteError(CheckpointError):
+class WriteError(UserError):
+    """A write the disk refused (full disk, quota, read-only folder): exit 3, not 2."""
+
+
+class CheckpointWriteError(CheckpointError, WriteError):
     """A checkpoint (or other atomic) write failed: full disk, quota, read-only folder."""
+
+
+def is_disk_fault(exc: BaseException) -> bool:
+    """A full disk, a quota, a read-only or failing filesystem: one of our writes (WriteError:
+    checkpoints, reports, the face cache) or a library's own write (a bare OSError)."""
+    return isinstance(exc, WriteError) or (isinstance(exc, OSError) and exc.errno in DISK_ERRNOS)

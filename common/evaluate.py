@@ -35,7 +35,7 @@ from common.data.samples import FaceSamples
 from common.ensemble.fit import choose_settings
 from common.ensemble.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
                                       pick_device)
-from common.errors import UserError
+from common.errors import EXIT_DISK, UserError, is_disk_fault
 from common.faces.views import recorded_view
 from common.preprocess import ClipTransform
 from common.training import stage_data as sd
@@ -240,9 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     try:
         return run(args)
-    except UserError as e:
+    except (UserError, OSError) as e:  # a bad flag or file: 2; a write the disk refused: 3
+        if not isinstance(e, UserError) and not is_disk_fault(e):
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_DISK if is_disk_fault(e) else 2
 
 
 if __name__ == "__main__":

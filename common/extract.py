@@ -4,7 +4,8 @@
       [--shard I/N] [--face-detector yunet|haar|none] [--face-model PATH] ...
 
 Exit codes: 0 done; 1 some videos failed (retried next run); 2 a bad flag, path or model;
-3 the cache could not be written, a worker died twice on one video, or SIGTERM stopped it.
+3 the cache could not be written, a worker died twice on one video, or SIGTERM stopped it;
+130 Ctrl-C stopped it (one line; finished videos stay cached).
 """
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from common.faces.cache import CacheWriteError, FaceCache
 from common.faces.detectors import DETECTORS, make_detector
 from common.faces.extraction import build_face_cache
 from common.recipes import DEFAULTS
+
+
+_INTERRUPTED = ("interrupted: extraction stopped by Ctrl-C; the videos finished so far stay cached, "
+                "rerun the same command to continue")
 
 
 def format_summary(summary: dict, cache) -> str:
@@ -84,12 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from common.data.datasets import index_dataset
 
-    stopped = {"flag": False}
+    stopped = {"flag": False, "signal": None}
 
-    def on_term(signum, frame):
-        stopped["flag"] = True
+    def on_signal(signum, frame):
+        if stopped["signal"] == signal.SIGINT == signum:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        stopped["flag"], stopped["signal"] = True, signum
 
-    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C and SIGTERM: the running videos finish or are dropped whole (never half-written).
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         shard = _parse_shard(args.shard)
         for flag, value in (("--image-size", args.image_size), ("--clip-len", args.clip_len),
@@ -111,6 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():  # in-process callers (tests) get theirs back
+            signal.signal(sig, handler)
+    if summary["stopped"] and stopped["signal"] == signal.SIGINT:
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
     print(format_summary(summary, cache))
     if summary["stopped"]:
         return 3

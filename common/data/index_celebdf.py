@@ -54,6 +54,9 @@ def index_celebdf(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
     test_file = root / "List_of_testing_videos.txt"
     if test_file.is_file():
         test = _read_celebdf_test_list(test_file)
+        if not test:  # a cut download or copy: training on would quietly drop the test report
+            raise DatasetLayoutError(f"{test_file}: lists no videos; restore the official file (518 "
+                                     "lines), or remove it to train without a test split")
     else:
         logger.warning("Celeb-DF: %s not found; there will be no test split", test_file)
         test = {}

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from common.data.atomic import atomic_write
-from common.errors import UserError
+from common.errors import UserError, WriteError
 from common.faces.views import STORED_VIEWS, check_view, run_length
 from common.recipes import DEFAULTS
 
@@ -51,7 +51,7 @@ class NoFaceError(Exception):
         self.reason = reason
 
 
-class CacheWriteError(UserError):
+class CacheWriteError(WriteError):
     """Writing into the cache failed (full disk, quota, read-only folder). Not the video's
     fault: never recorded as a skipped video; the run stops, finished entries stay valid."""
 

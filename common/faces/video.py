@@ -24,6 +24,10 @@ SEEK_GAP_S = 2.0
 # would otherwise take gigabytes of memory per worker.
 MAX_SIDE = 8192
 MAX_DURATION_S = 2 * 3600.0
+# av.open already decodes a frame (FFmpeg's stream probing), before any header can be read
+# here: the decoder's own pixel limit makes it refuse an oversized frame instead of
+# allocating it, so the size check below runs on the headers alone.
+_PROBE_OPTIONS = {"max_pixels": str(MAX_SIDE * MAX_SIDE)}
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 # FFmpeg's decoder threads: "AUTO" (frame and slice threads) cuts one video's latency, but
 # costs about a quarter more CPU in all; an extraction worker (one process per core) sets
@@ -75,7 +79,7 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
     if os.path.getsize(path) == 0:
         raise BadVideoError(path, "empty file (0 bytes)")
     try:
-        container = av.open(path, mode="r")
+        container = av.open(path, mode="r", options=_PROBE_OPTIONS)
     except _DECODE_ERRORS as exc:
         raise BadVideoError(path, f"not a readable video ({_reason(exc)})") from None
     if not container.streams.video:

@@ -73,6 +73,18 @@ def load_checkpoint(path: str | os.PathLike, expected_model: str | None = None) 
     return ckpt
 
 
+def looks_whole(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint file is a whole torch archive: its zip directory sits at the end of
+    the file, so a truncated or overwritten file fails here, without torch or the weights."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def library_versions() -> dict:
     import torch
     import torchvision

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -18,6 +20,62 @@ from common.training.metrics import evaluate
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: training stops, the last good checkpoint is kept."""
+
+
+class WorkerDied(RuntimeError):
+    """A DataLoader worker process died (killed, often by the out-of-memory killer).
+    `steps`: the optimiser steps this epoch had finished; the weights are as they left them."""
+
+    def __init__(self, message: str, steps: int = 0):
+        super().__init__(message)
+        self.steps = steps
+
+
+@contextlib.contextmanager
+def batches(loader):
+    """Iterate `loader` so that a dead worker surfaces only between steps, as WorkerDied.
+
+    torch reports a dead worker from its SIGCHLD handler, which Python runs wherever the main
+    thread happens to be: mid-forward, or half-way through an optimiser step, whose state a
+    save would then keep. Here torch's check runs at once only while a batch is being fetched;
+    during a step the signal is noted, and checked before the next fetch."""
+    it = iter(loader)  # starts the workers, and installs torch's handler once per process
+    # Only a loader with worker processes needs this, and only the main thread may set a handler.
+    watch = getattr(loader, "num_workers", 0) > 0 and threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGCHLD) if watch else None
+    state = {"pending": False, "fetching": False}
+
+    def on_child(signum, frame):
+        if state["fetching"] and callable(previous):
+            previous(signum, frame)  # torch's check, raising inside next(): nothing half-done
+        else:
+            state["pending"] = True
+
+    if watch:
+        signal.signal(signal.SIGCHLD, on_child)
+
+    def fetched():
+        while True:
+            try:
+                state["fetching"] = True
+                if state["pending"] and callable(previous):
+                    state["pending"] = False
+                    previous(signal.SIGCHLD, None)  # raises if one of its workers died
+                batch = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                if not str(e).startswith("DataLoader worker (pid"):
+                    raise
+                raise WorkerDied(str(e).split(". ")[0].strip().rstrip(".")) from None
+            finally:
+                state["fetching"] = False
+            yield batch
+    try:
+        yield fetched()
+    finally:
+        if watch:
+            signal.signal(signal.SIGCHLD, previous)
 
 
 @dataclass
@@ -120,39 +178,44 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer, sch
     total_loss, seen, steps = 0.0, 0, 0
     start = time.perf_counter()
     stopped = False
-    for batch in loader:
-        batch = to_device(batch, device)
-        if augment is not None:  # in full precision, outside autocast
-            batch["frames"] = augment(batch["frames"], batch["seed"])
-        labels = batch["label"]
-        with precision.autocast():
-            logits = forward(model, batch)
-        loss = loss_fn(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} at step {steps} of this epoch; "
-                                     "lower --lr or check the data; the last good checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        scheduler.step()
-        steps += 1
-        n = labels.shape[0]
-        seen += n
-        total_loss += loss.item() * n
-        if progress is not None:
-            rate = seen / max(1e-9, time.perf_counter() - start)
-            progress.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                 samples_s=f"{rate:.1f}")
-            progress.update(1)
-        if on_step is not None:
-            on_step(steps)
-        if stop_requested():
-            stopped = True
-            break
+    with batches(loader) as fetched:
+        try:
+            for batch in fetched:
+                batch = to_device(batch, device)
+                if augment is not None:  # in full precision, outside autocast
+                    batch["frames"] = augment(batch["frames"], batch["seed"])
+                labels = batch["label"]
+                with precision.autocast():
+                    logits = forward(model, batch)
+                loss = loss_fn(logits.float(), labels)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"loss is {loss.item()} at step {steps} of this epoch; "
+                                             "lower --lr or check the data; the last good checkpoint is kept")
+                optimizer.zero_grad(set_to_none=True)
+                precision.scaler.scale(loss).backward()
+                precision.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
+                scheduler.step()
+                steps += 1
+                n = labels.shape[0]
+                seen += n
+                total_loss += loss.item() * n
+                if progress is not None:
+                    rate = seen / max(1e-9, time.perf_counter() - start)
+                    progress.set_postfix(loss=f"{total_loss / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                         samples_s=f"{rate:.1f}")
+                    progress.update(1)
+                if on_step is not None:
+                    on_step(steps)
+                if stop_requested():
+                    stopped = True
+                    break
+        except WorkerDied as e:
+            e.steps = steps  # the weights are as these steps left them
+            raise
     elapsed = time.perf_counter() - start
     return {"loss": total_loss / max(1, seen), "samples": seen, "steps": steps,
             "samples_per_s": seen / max(1e-9, elapsed), "stopped": stopped}
@@ -165,13 +228,14 @@ def predict(model: nn.Module, loader, precision: Precision, dist_info=None):
     ids: list[str] = []
     labels: list[int] = []
     logits: list[torch.Tensor] = []
-    for batch in loader:
-        batch = to_device(batch, precision.device)
-        with precision.autocast():
-            out = forward(model, batch)
-        logits.append(out.float().cpu())
-        labels.extend(batch["label"].cpu().tolist())
-        ids.extend(batch["video"])
+    with batches(loader) as fetched:
+        for batch in fetched:
+            batch = to_device(batch, precision.device)
+            with precision.autocast():
+                out = forward(model, batch)
+            logits.append(out.float().cpu())
+            labels.extend(batch["label"].cpu().tolist())
+            ids.extend(batch["video"])
     local = (ids, labels, torch.cat(logits) if logits else torch.zeros(0, 2))
     if dist_info is not None and dist_info.enabled:
         parts = distributed.gather_objects(dist_info, local)

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from common.data.atomic import atomic_write
-from common.recipes import MODEL_NAMES, RECIPES
-from common.training.checkpoints import stage_paths
+from common.recipes import FINAL_STAGE, MODEL_NAMES, RECIPES
+from common.training.checkpoints import looks_whole, stage_paths
 
 START = "<!-- training-progress:start (rewritten by the training scripts; edit outside) -->"
 END = "<!-- training-progress:end -->"
-BAD_STATES = ("failed", "collapsed")
+BAD_STATES = ("failed", "collapsed", "unreadable")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -61,11 +61,22 @@ def stage_state(checkpoint_dir: Path, model: str, stage: str) -> dict:
     return row
 
 
+def mark_unreadable(row: dict, checkpoint_dir: Path) -> dict:
+    """A checkpoint of the row's stage that is not a whole file (truncated by a full disk or a
+    copy) overrides any state: it needs attention, however the metrics file ended."""
+    paths = stage_paths(checkpoint_dir, row["model"], row["stage"])
+    files = (paths.best, paths.last) + ((paths.student,) if row["stage"] == FINAL_STAGE else ())
+    broken = [p.name for p in files if p.exists() and not looks_whole(p)]
+    if broken:
+        row["state"] = "unreadable: " + ", ".join(broken)
+    return row
+
+
 def all_states(checkpoint_dir: Path, live: dict | None = None) -> list[dict]:
     rows = []
     for model in MODEL_NAMES:
         for stage in RECIPES:
-            row = stage_state(checkpoint_dir, model, stage)
+            row = mark_unreadable(stage_state(checkpoint_dir, model, stage), checkpoint_dir)
             if live and live["model"] == model and live["stage"] == stage:
                 row.update({k: v for k, v in live.items() if v is not None})
             rows.append(row)

@@ -8,6 +8,7 @@ stale and taken over.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -78,23 +79,56 @@ def release(path: str | os.PathLike) -> None:
         path.unlink(missing_ok=True)
 
 
-# Flags that fix what a run trains on and how its model is shaped: a resumed run must match.
-RESUME_FIXED = ("image_size", "backbone", "clip_len", "frames_per_video")
+# The one list of flags a resumed run must repeat: each changes the splits (seed, caps, split
+# files, compression, DFDC parts), the crops (detector, its model, size, frames, clip) or the
+# model (backbone). Every checkpoint records them (run_flags); --resume compares.
+RESUME_FIXED = ("seed", "face_detector", "face_model", "image_size", "frames_per_video", "clip_len",
+                "backbone", "max_videos", "splits", "compression", "chunks")
+
+
+def _face_model_digest(cfg) -> str:
+    """The YuNet model by content (sha256), so a copy elsewhere is the same model; "" when the
+    detector needs none or the model is not there yet (the run itself then says so)."""
+    if cfg.face_detector != "yunet":
+        return ""
+    from common.faces.detectors import resolve_yunet_model
+
+    try:
+        path = resolve_yunet_model(cfg.face_model, download=False)
+    except UserError:
+        return ""
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _flag_value(cfg, key: str) -> str:
+    value = getattr(cfg, key, None)
+    if key == "face_model":
+        return _face_model_digest(cfg)
+    if key == "splits" and value is not None:
+        return str(Path(value).expanduser().absolute())
+    if key == "chunks" and value is not None:
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def run_flags(cfg) -> dict[str, str]:
     """The RESUME_FIXED flags as given on the command line (recorded in every checkpoint)."""
-    return {k: str(getattr(cfg, k)) for k in RESUME_FIXED}
+    return {k: _flag_value(cfg, k) for k in RESUME_FIXED}
 
 
 def check_resume_flags(flags: dict[str, str], recorded: dict[str, str] | None, path: Path) -> None:
-    """Refuse --resume when a shaping flag differs from the interrupted run's."""
+    """Refuse --resume when a flag of RESUME_FIXED differs from the interrupted run's (flags the
+    checkpoint does not record, from an older version, are not compared)."""
     for key, value in flags.items():
         old = (recorded or {}).get(key)
+        if key == "face_model" and not old:
+            continue  # the run began before the model was in the cache: it then fetched the official one
         if old is not None and old != value:
             flag = "--" + key.replace("_", "-")
-            raise UserError(f"--resume with {flag} {value}, but {path} was trained with {flag} {old}; "
-                            f"rerun with {flag} {old}, or pass --overwrite to start the stage again")
+            shown, was = (value or "(none)", old or "(none)")
+            raise UserError(f"--resume with {flag} {shown}, but {path} was trained with {flag} {was}; "
+                            f"rerun with the interrupted run's {flag}, or pass --overwrite to start the "
+                            "stage again")
 
 
 def check_not_overwriting(best: Path, last: Path, finished: bool) -> None:
@@ -102,7 +136,10 @@ def check_not_overwriting(best: Path, last: Path, finished: bool) -> None:
     if finished:
         raise UserError(f"{best} is a finished stage; pass --overwrite to train it again "
                         "(or --resume to redo only its calibration)")
-    for path in (last, best):
-        if path.exists():
-            raise UserError(f"{path} holds an unfinished run of this stage; pass --resume to "
-                            "continue it, or --overwrite to start again")
+    if last.exists():
+        raise UserError(f"{last} holds an unfinished run of this stage; pass --resume to "
+                        "continue it, or --overwrite to start again")
+    if best.exists():
+        raise UserError(f"{best} holds an unfinished run of this stage that stopped before its first "
+                        f"checkpoint ({last.name} is absent); pass --resume to restart the stage from its "
+                        "start (its metrics are kept), or --overwrite to start afresh")

@@ -7,7 +7,6 @@ the steps; each step is a function below it, and they pass one StageRun between 
 """
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import time
@@ -22,18 +21,18 @@ from tqdm import tqdm
 
 from common.chunks import check_chunks, iter_chunks
 from common.data.datasets import part_dirs
-from common.errors import CheckpointWriteError, UserError
+from common.errors import DISK_ERRNOS, CheckpointWriteError, UserError
 from common.faces.cache import CacheWriteError
 from common.faces.extraction import recorded_face_settings
 from common.faces.views import view_of
 from common.losses import build_loss
 from common.model import MODEL_NAMES, lr_multipliers
-from common.recipes import RECIPES
+from common.recipes import FINAL_STAGE, RECIPES
 from common.training import distributed, reports
 from common.training import stage_data as sd
 from common.training.checkpoints import capture_rng, restore_rng, stage_paths, weights_fingerprint
-from common.training.engine import (NonFiniteLossError, make_optimizer, make_precision, to_channels_last,
-                                    train_one_epoch, validate)
+from common.training.engine import (NonFiniteLossError, WorkerDied, make_optimizer, make_precision,
+                                    to_channels_last, train_one_epoch, validate)
 from common.training.run_files import (append_jsonl, check_writable, missing_rels, remove_stale_temps, report_epoch,
                                        skipped_path, tensorboard_writer, write_skipped)
 from common.training.run_guard import release, run_flags
@@ -43,8 +42,6 @@ from common.training.stop_flag import StageInterrupted, StopFlag
 
 log = logging.getLogger("train")
 SAVE_EVERY_S = 20 * 60  # mid-epoch _last.pt, so a killed session loses at most this much
-# A write that failed because of the disk, not the program: the run stops (exit 3), cleanly.
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def train_stage(cfg) -> dict:
@@ -62,7 +59,7 @@ def train_stage(cfg) -> dict:
     try:
         lock = take_lock(cfg, paths, dist_info)
         return _train(run)
-    except (NonFiniteLossError, sd.TooManyBadVideos, CheckpointWriteError, CacheWriteError) as e:
+    except (NonFiniteLossError, sd.TooManyBadVideos, CheckpointWriteError, CacheWriteError, WorkerDied) as e:
         raise failed(cfg, paths, dist_info, str(e)) from e
     except OSError as e:  # metrics, plots, status file on a full disk
         if e.errno not in DISK_ERRNOS:
@@ -158,6 +155,20 @@ def index_records(run: StageRun) -> None:
     run.records = sd.cap_per_split(sd.index_records(cfg, recipe), cfg.max_videos, cfg.seed,
                                    key=lambda r: (r.split, r.chunk if r.split == "train" else None))
     log.info("%s: %s", recipe.title, sd.split_counts(run.records))
+    check_training_videos(run)
+
+
+def check_training_videos(run: StageRun) -> None:
+    """An empty training split (an empty train.json, a DFDC part of validation videos only)
+    stops here, before any extraction: an epoch of 0 steps would end in a false COLLAPSE."""
+    cfg = run.cfg
+    for chunk in (cfg.chunks if run.recipe.chunks else [None]):
+        if any(r.split == "train" and (chunk is None or r.chunk == chunk) for r in run.records):
+            continue
+        where = cfg.data if chunk is None else part_dirs(cfg.data).get(chunk, cfg.data)
+        hint = f" (check {cfg.splits or cfg.data / 'splits'}/train.json)" \
+            if run.recipe.dataset == "faceforensics" else ""
+        raise UserError(f"no training videos in {where}{hint}")
 
 
 def build_model_on_device(run: StageRun) -> None:
@@ -250,11 +261,21 @@ def restore(run: StageRun) -> None:
 
 
 def clear_overwritten(run: StageRun) -> None:
-    """--overwrite, and only now that data and model are known good: the old run's files
-    must not mix with the new one's."""
-    if run.cfg.overwrite and run.start != "resume" and run.dist_info.main:
-        for old in (run.paths.best, run.paths.last, run.paths.metrics):
-            old.unlink(missing_ok=True)
+    """--overwrite, or --resume restarting a stage that has no _last.pt, and only now that data
+    and model are known good: the old run's checkpoints must not mix with the new one's. The
+    final stage's student goes too, so predict never serves one this run did not write.
+    --overwrite starts a new metrics file; a restart keeps it and appends a line saying so."""
+    cfg, paths = run.cfg, run.paths
+    restart = cfg.resume and run.start != "resume"
+    if not (cfg.overwrite or restart) or not run.dist_info.main:
+        return
+    old = [paths.best, paths.last] + ([paths.metrics] if cfg.overwrite else []) + \
+        ([paths.student] if cfg.stage == FINAL_STAGE else [])
+    for path in old:
+        path.unlink(missing_ok=True)
+    if restart and paths.metrics.exists():
+        append_jsonl(paths.metrics, {"restart": f"no {paths.last.name} to resume from: the stage "
+                                                "restarted from its start", "time": now()})
 
 
 def checkpoint(run: StageRun, kind: str, metrics: dict | None = None) -> dict:
@@ -291,10 +312,15 @@ def train_phase(run: StageRun, phase: dict) -> dict:
             save(dist_info, checkpoint(run, "last"), run.paths.last)
             run.last_save = time.monotonic()
 
-    stats = train_one_epoch(run.net, loader, run.train.loss_fn, run.opt, run.sched, run.precision,
-                            augment=run.augment, grad_clip=run.recipe.grad_clip, progress=bar,
-                            on_step=on_step, stop_requested=run.stop)
-    bar.close()
+    try:
+        stats = train_one_epoch(run.net, loader, run.train.loss_fn, run.opt, run.sched, run.precision,
+                                augment=run.augment, grad_clip=run.recipe.grad_clip, progress=bar,
+                                on_step=on_step, stop_requested=run.stop)
+    except WorkerDied as e:
+        state["batches_done"] = base + e.steps
+        raise saved_after(run, e) from None
+    finally:
+        bar.close()
     if dist_info.enabled:  # the epoch's loss over every rank's samples, not rank 0's alone
         parts = distributed.gather_objects(dist_info, (stats["loss"] * stats["samples"], stats["samples"],
                                                        stats["samples_per_s"]))
@@ -311,7 +337,10 @@ def train_phase(run: StageRun, phase: dict) -> dict:
 def validate_and_keep(run: StageRun, phase: dict, stats: dict) -> None:
     """Validate, log the epoch, keep it as best when it is, save _last.pt, report."""
     cfg, state, dist_info = run.cfg, run.state, run.dist_info
-    metrics, _ = validate(run.net, run.val_loader, run.train.loss_fn, run.precision, dist_info)
+    try:
+        metrics, _ = validate(run.net, run.val_loader, run.train.loss_fn, run.precision, dist_info)
+    except WorkerDied as e:  # the epoch's steps are done (batches_done): --resume validates it
+        raise saved_after(run, e) from None
     improved = better(metrics, state)
     epoch = state["phase"] + 1
     line = {"epoch": epoch, "epochs": len(run.phases), "chunk": phase["chunk"], "chunk_epoch": phase["epoch"] + 1,
@@ -333,6 +362,13 @@ def validate_and_keep(run: StageRun, phase: dict, stats: dict) -> None:
         append_jsonl(run.paths.metrics, line)
         reports.progress(cfg, "running", epoch=epoch, epochs=len(run.phases), main=True,
                          best_auc=state["best_auc"], collapsed=metrics["collapse"]["collapsed"])
+
+
+def saved_after(run: StageRun, died: WorkerDied) -> WorkerDied:
+    """A dead DataLoader worker: _last.pt keeps where the epoch got to, so --resume continues."""
+    save(run.dist_info, checkpoint(run, "last"), run.paths.last)
+    return WorkerDied(f"{died} (the out-of-memory killer, often: try fewer --workers or a smaller "
+                      f"--batch-size); state saved to {run.paths.last}; rerun the same command with --resume")
 
 
 def log_to_board(board, epoch: int, stats: dict, metrics: dict) -> None:

@@ -47,18 +47,14 @@ def take_lock(cfg, paths, dist_info) -> Path | None:
 
 def resolve_start(cfg, recipe, paths) -> tuple[str, dict | None, Path | None]:
     """Where weights come from: ('resume'|'init'|'previous'|'scratch', checkpoint, its path)."""
+    if cfg.resume and paths.last.exists():
+        ckpt = load_checkpoint(paths.last, cfg.model)
+        check_resume_flags(run_flags(cfg), ckpt.get("flags"), paths.last)
+        return "resume", ckpt, paths.last
     if cfg.resume:
-        if paths.last.exists():
-            ckpt = load_checkpoint(paths.last, cfg.model)
-            check_resume_flags(run_flags(cfg), ckpt.get("flags"), paths.last)
-            return "resume", ckpt, paths.last
-        # Killed before its first checkpoint (e.g. during face extraction): a restarted job
-        # passes --resume anyway, so begin as a fresh run would (the face cache is kept).
-        log.warning("--resume: %s does not exist yet (the run stopped before its first checkpoint); "
-                    "starting the stage from the beginning", paths.last)
-    if not cfg.overwrite:
-        finished = paths.best.exists() and load_checkpoint(paths.best, cfg.model).get("stage_finished") is True
-        check_not_overwriting(paths.best, paths.last, finished)
+        announce_restart(cfg, paths)
+    elif not cfg.overwrite:
+        check_not_overwriting(paths.best, paths.last, _finished(paths.best, cfg.model))
     if cfg.init is not None:
         return "init", load_checkpoint(cfg.init, cfg.model), cfg.init
     if recipe.previous is None:
@@ -70,6 +66,27 @@ def resolve_start(cfg, recipe, paths) -> tuple[str, dict | None, Path | None]:
     ckpt = load_checkpoint(prev, cfg.model)
     check_finished(ckpt, prev)
     return "previous", ckpt, prev
+
+
+def _finished(best: Path, model: str) -> bool:
+    return best.exists() and load_checkpoint(best, model).get("stage_finished") is True
+
+
+def announce_restart(cfg, paths) -> None:
+    """--resume with no _last.pt: the run stopped or failed before its first checkpoint (during
+    face extraction, or in epoch 1: a full disk, a dead worker, a non-finite loss). There is
+    nothing to continue, so the stage restarts from its start; a restarted job can pass
+    --resume every time. A finished stage is never restarted this way."""
+    try:
+        finished = _finished(paths.best, cfg.model)
+    except CheckpointError:
+        finished = False  # an unreadable best of an unfinished run: the restart replaces it
+    if finished:
+        raise UserError(f"{paths.best} is a finished stage and {paths.last.name} is gone, so there is "
+                        "nothing to resume; pass --overwrite to train it again")
+    old = f"; its unfinished {paths.best.name} is replaced" if paths.best.exists() else ""
+    log.warning("--resume: %s does not exist (the run stopped before its first checkpoint); the stage "
+                "restarts from its start (its metrics file and the face cache are kept%s)", paths.last, old)
 
 
 def check_finished(ckpt: dict, path: Path) -> None:
