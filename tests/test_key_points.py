@@ -92,7 +92,6 @@ def test_points_between_disagreeing_key_points_are_detected_on_their_own_frames(
     runs, (crops, boxes, _, source, _) = run(path, 12, det)
     assert [source[i] for i in (4, 5)] == ["detected", "detected"]
     assert det.calls == 7
-    frames = read_frames(path, [r[0] for r in runs])
     for i, r in enumerate(runs):  # every box is where the square is on that point's frame
         truth = (10, 10, 42, 42) if r[0] < 40 else (80, 50, 112, 82)
         assert box_iou(boxes[i], truth) > 0.8, (i, boxes[i], truth)
