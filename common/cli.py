@@ -49,6 +49,7 @@ class StageConfig:
     splits: Path | None = None                # FF++ stages only
     chunks: tuple[int, ...] | None = None     # DFDC stage only
     skip_missing_chunks: bool = False         # DFDC stage only
+    val_parts: tuple[int, ...] | None = None  # DFDC stage only: whole parts held out for validation
 
 
 def positive_int(text: str) -> int:
@@ -156,6 +157,9 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
         a("--chunks", type=chunk_list, default=recipe.chunks,
           help="DFDC parts in training order (default: %s)" % ",".join(map(str, recipe.chunks)))
         a("--skip-missing-chunks", action="store_true", help="warn and skip absent parts instead of stopping")
+        a("--val-parts", type=chunk_list, help="DFDC parts validated on, whole, never trained on (default: the "
+          "first present part outside --chunks; with none, a split grouped by original video, where actors "
+          "may cross)")
     return p
 
 
