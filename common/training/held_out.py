@@ -83,17 +83,25 @@ class Overlap:
                 f"(students {', '.join(self.students)})")
 
 
-def used_videos(entry: dict) -> dict[str, set[str]]:
-    """{"training": rels, "validation": rels} of one stage, re-indexed from its data_index.
-    UserError when the re-index does not give back the validation list the stage recorded
-    (the data moved or changed): then its training split cannot be told either."""
-    records = stage_records(entry["data_index"])
-    recorded = set(entry["val_videos"])
+def used_videos(entry: dict) -> tuple[dict[str, set[str]], str | None]:
+    """-> ({"training": rels, "validation": rels} of one stage, why its training split is unknown).
+
+    The recorded validation list always counts. The training split comes from re-indexing the
+    stage's data_index; when that fails, or does not give back the recorded validation list
+    (the data moved or changed), the training split is unknown and the reason says why."""
+    recorded = set(entry.get("val_videos") or ())
+    index = entry["data_index"]
+    try:
+        if not index.get("root"):
+            raise UserError("the checkpoint records no dataset root")
+        records = stage_records(index)
+    except UserError as e:  # includes a root that is gone (DatasetLayoutError)
+        return {"validation": recorded}, str(e)
     val = {r.rel for r in records if r.split == "val"}
     if recorded and val != recorded:
-        raise UserError(f"re-indexing {entry['data_index']['root']} does not give back the "
-                        f"{len(recorded)} validation videos {entry['stage']} recorded")
-    return {"training": {r.rel for r in records if r.split == "train"}, "validation": recorded | val}
+        return {"validation": recorded}, (f"re-indexing {index['root']} does not give back the "
+                                          f"{len(recorded)} validation videos it recorded")
+    return {"training": {r.rel for r in records if r.split == "train"}, "validation": recorded | val}, None
 
 
 def find_overlaps(test_rels: Sequence[str], lineages: dict[str, list[dict]],
@@ -105,25 +113,21 @@ def find_overlaps(test_rels: Sequence[str], lineages: dict[str, list[dict]],
     test = set(test_rels)
     found: dict[tuple[str, str], Overlap] = {}
     unchecked: list[str] = []
-    seen: dict[str, dict | str] = {}
+    seen: dict[str, tuple] = {}
     for student, entries in lineages.items():
         for entry in entries:
             if entry["data_index"].get("dataset") != dataset:
                 continue
-            key = json.dumps([entry["data_index"], sorted(entry["val_videos"])], sort_keys=True, default=str)
+            key = json.dumps([entry["data_index"], sorted(entry.get("val_videos") or ())], sort_keys=True, default=str)
             if key not in seen:
-                try:
-                    seen[key] = used_videos(entry)
-                except UserError as e:  # includes a root that is gone (DatasetLayoutError)
-                    seen[key] = str(e)
-            used = seen[key]
-            if isinstance(used, str):
-                unchecked.append(f"{student} {entry['stage']}: not checked ({used})")
-                continue
+                seen[key] = used_videos(entry)
+            used, why = seen[key]
+            if why:
+                unchecked.append(f"{student} {entry['stage']}: training split not checked ({why})")
             for split, rels in used.items():
                 hit = rels & test
                 if hit:
-                    o = found.setdefault((entry["stage"], split), Overlap(entry["stage"], split, set()))
+                    o = found.setdefault((entry["stage"], split), Overlap(str(entry["stage"]), split, set()))
                     o.videos |= hit
                     o.students.append(student)
     return list(found.values()), unchecked

@@ -323,7 +323,8 @@ def validate_and_keep(run: StageRun, phase: dict, stats: dict) -> None:
     improved = better(metrics, state)
     epoch = state["phase"] + 1
     line = {"epoch": epoch, "epochs": len(run.phases), "chunk": phase["chunk"], "chunk_epoch": phase["epoch"] + 1,
-            "lr": run.sched.get_last_lr()[0], "train": stats, "val": metrics, "best": improved, "time": now()}
+            "lr": run.sched.get_last_lr()[0], "train": stats, "val": metrics, "best": improved, "time": now(),
+            "validation": sd.index_arguments(cfg, run.recipe)["validation"]}
     report_epoch(cfg, metrics, line)
     state["history"].append({"epoch": epoch, "loss": stats["loss"], "val_loss": metrics["loss"],
                              "val_video_auc": metrics["video"]["auc"],

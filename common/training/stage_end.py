@@ -89,7 +89,7 @@ def finish(run) -> dict:
     best["metrics"] = dict(best["metrics"], calibrated=calibrated, temperature=temperature)
     final = {"stage": run.cfg.stage, "temperature": temperature, "val": calibrated,
              "best_val_video_auc": run.state["best_auc"], "collapsed": calibrated["collapse"]["collapsed"],
-             "init_fingerprint": best.get("init_fingerprint"),
+             "init_fingerprint": best.get("init_fingerprint"), "validation": best["data_index"].get("validation"),
              "data": data_summary(run.records, run.cache, run.state["skipped"], skipped_path(run.paths))}
     test = test_list_report(run, temperature)
     if test is not None:
