@@ -81,7 +81,7 @@ def used_parts(lineages: dict[str, list[dict]]) -> set[int]:
     return parts
 
 
-def test_records(args, lineages: dict[str, list[dict]]) -> tuple[list, str]:
+def official_test_records(args, lineages: dict[str, list[dict]]) -> tuple[list, str]:
     """-> (the dataset's test records as its official lists give them, what they are)."""
     if args.dataset == "faceforensics":
         folder = args.splits or Path(args.data) / "splits"
@@ -111,7 +111,7 @@ def held_out_records(args, lineages: dict[str, list[dict]]) -> tuple[list, str]:
 
     A test video some stage used is an error naming how many and which stage; with
     --allow-overlap those videos are left out and the line says so."""
-    recs, what = test_records(args, lineages)
+    recs, what = official_test_records(args, lineages)
     test = [r for r in recs if r.split == "test"]
     overlaps, unchecked = held_out.find_overlaps([r.rel for r in test], lineages, args.dataset)
     for line in unchecked:
