@@ -50,6 +50,7 @@ class StageConfig:
     splits: Path | None = None                # FF++ stages only
     chunks: tuple[int, ...] | None = None     # DFDC stage only
     skip_missing_chunks: bool = False         # DFDC stage only
+    val_parts: tuple[int, ...] | None = None  # DFDC stage only: whole parts held out for validation
 
 
 def positive_int(text: str) -> int:
@@ -157,6 +158,9 @@ def build_parser(model: str, stage: str) -> argparse.ArgumentParser:
         a("--chunks", type=chunk_list, default=recipe.chunks,
           help="DFDC parts in training order (default: %s)" % ",".join(map(str, recipe.chunks)))
         a("--skip-missing-chunks", action="store_true", help="warn and skip absent parts instead of stopping")
+        a("--val-parts", type=chunk_list, help="DFDC parts validated on, whole, never trained on (default: the "
+          "first present part outside --chunks; with none, a split grouped by original video, where actors "
+          "may cross)")
     return p
 
 
@@ -227,6 +231,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", type=chunk_list, help="DFDC parts to score (default: every part no student trained on)")
     p.add_argument("--compression", choices=("raw", "c23", "c40"), default="c23", help="FF++ compression folder")
     p.add_argument("--splits", type=Path, help="FF++ folder with the official split files (default <data>/splits)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="leave out test videos a student's stage trained or validated on (default: refuse them)")
     _cache_and_face_flags(p, "cap the videos scored (half real, half fake)")
     p.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

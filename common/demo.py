@@ -40,7 +40,9 @@ MARKER = ".demo-run"  # written into OUT first: only a folder holding it is ever
 # wrote 871 MB in all, the demo profile adds some data and cache: about 1 GB. Twice that must be
 # free, so a run never ends on a full disk.
 NEEDS_FREE_BYTES = 2 * 1024 ** 3
-TITLES = {"stage1_faceforensics": "FF++ val", "stage2_celebdf": "Celeb-DF val", "stage4_dfdc": "DFDC val"}
+# Each stage's column is the validation video AUC of the epoch the stage kept (its checkpoint).
+TITLES = {"stage1_faceforensics": "FF++ val (kept epoch)", "stage2_celebdf": "Celeb-DF val (kept epoch)",
+          "stage4_dfdc": "DFDC val (kept epoch)"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Profile:
     # stage -> epochs (absent: the recipe's); about half the recipes' 6 / 5 / 2 per chunk
     epochs: dict = field(default_factory=lambda: {"stage1_faceforensics": 3, "stage2_celebdf": 2,
                                                   "stage4_dfdc": 1})
-    train_parts: tuple[int, ...] = (0, 1)
+    train_parts: tuple[int, ...] = (0,)
+    val_part: int = 1                  # validation and the ensemble fit: a whole part no chunk trains on
     held_out_part: int = 2
 
     def stage_flags(self, stage: str) -> list[str]:
@@ -66,7 +69,7 @@ class Profile:
         if stage in self.epochs:
             flags += ["--epochs", str(self.epochs[stage])]
         if RECIPES[stage].chunks:
-            flags += ["--chunks", ",".join(map(str, self.train_parts))]
+            flags += ["--chunks", ",".join(map(str, self.train_parts)), "--val-parts", str(self.val_part)]
         return flags
 
 
@@ -194,7 +197,9 @@ def final_line(checkpoint_dir: Path, model: str, stage: str) -> dict | None:
 
 
 def collect(checkpoint_dir: Path, evaluation: Path) -> tuple[dict, dict]:
-    """-> ({(model, stage): (val video AUC, collapsed)}, {name: held-out video AUC})."""
+    """-> ({(model, stage): (the kept epoch's val video AUC, collapsed)}, {name: held-out video AUC}).
+    The `final` line's validation figures are the kept epoch's (calibrated; the AUC does not
+    change with the temperature), the same figure common.status shows."""
     val = {}
     for model in MODELS:
         for stage in STAGES:

@@ -47,7 +47,7 @@ def test_plan_is_the_fifteen_scripts_then_status_fit_evaluate_predict(tmp_path):
         assert args.face_detector == build_parser(model, stage).get_default("face_detector")  # the default
         assert args.epochs == demo.PROFILES["demo"].epochs[stage] <= RECIPES[stage].epochs
         if RECIPES[stage].chunks:
-            assert args.chunks == (0, 1)  # part 2 stays held out
+            assert args.chunks == (0,) and args.val_parts == (1,)  # part 2 stays held out
     from common import evaluate
     from common.ensemble import command as ensemble
 
@@ -126,6 +126,7 @@ def test_every_bar_met_prints_the_table_and_exits_0(tmp_path, capsys):
     table = (tmp_path / "out" / "demo.md").read_text()
     for model in demo.MODELS:
         assert f"| {model.upper()} | 0.950 | 0.950 | 0.950 | 0.900 |" in table
+    assert "| student | FF++ val (kept epoch) | Celeb-DF val (kept epoch) | DFDC val (kept epoch) |" in table
     assert "| **ensemble** |  |  |  | **0.970** |" in table
     assert "all bars met" in table and table.split("\n\n")[1] in out
     timing = table.split("\n\n")[2]

@@ -94,9 +94,9 @@ def test_faceforensics_official_test_split(setup, capsys):
 def test_dfdc_parts_trained_on_are_refused(setup, capsys):
     root = setup["root"] / "dfdc"
     code, _, err = _run(setup, capsys, "--dataset", "dfdc", "--data", root)
-    assert code == 2 and "every DFDC part here (0, 1) was trained on" in err
+    assert code == 2 and "every DFDC part here (0, 1) was trained or validated on" in err
     code, _, err = _run(setup, capsys, "--dataset", "dfdc", "--data", root, "--parts", "1")
-    assert code == 2 and "part(s) 1 were trained on" in err
+    assert code == 2 and "part(s) 1 were trained or validated on" in err
 
 
 def test_dfdc_untrained_part_is_scored(setup, capsys, tmp_path):
@@ -113,7 +113,7 @@ def test_dfdc_untrained_part_is_scored(setup, capsys, tmp_path):
     assert code == 0, capsys.readouterr().err
     report = json.loads((ck / "evaluation" / "dfdc" / "evaluation.json").read_text())
     part1 = {r.rel for r in index_dataset("dfdc", root, parts=[1])}
-    assert report["what"] == "DFDC parts 1 (no student trained on them)"
+    assert report["what"] == "DFDC parts 1 (no student trained or validated on them)"
     assert set(report["rows"]["bg"]["video_scores"]) == part1 and "ensemble" not in report["rows"]
 
 
@@ -123,7 +123,112 @@ def test_a_students_validation_videos_are_not_held_out(setup, capsys, tmp_path):
     ck.mkdir()
     test_rel = next(r.rel for r in index_dataset("celebdf", root) if r.split == "test")
     rr = _student("rr", 0, constant=True)
-    _save(ck, rr, extra={"data_index": {"dataset": "celebdf", "kwargs": {}}, "val_videos": [test_rel]})
+    _save(ck, rr, extra={"data_index": {"dataset": "celebdf", "kwargs": {}}, "val_videos": [test_rel],
+                         "stage": "stage2_celebdf"})
     code = evaluate.main(["--checkpoint-dir", str(ck), "--cache-dir", str(setup["cache"]), *EVAL,
                           "--dataset", "celebdf", "--data", str(root)])
-    assert code == 2 and "not held-out data" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "1 of 5 test videos were in stage2_celebdf's validation split (students rr)" in err
+
+
+# ----------------------------------------------------------------------------- every stage is checked
+
+@pytest.fixture(scope="module")
+def stage1_without_splits(sample_root, tmp_path_factory):
+    """BG's stage 1 trained on an FF++ copy without splits/ (so it made its own split), and a
+    student file that, like one written before students kept their lineage, names only its
+    final stage: evaluate has to find stage 1 in the checkpoint folder."""
+    import shutil
+
+    from common.cli import run_stage
+    from common.training.checkpoints import load_checkpoint, save_checkpoint, stage_paths
+
+    work = tmp_path_factory.mktemp("no_splits")
+    ff = work / "ff"
+    shutil.copytree(sample_root / "faceforensics", ff, ignore=shutil.ignore_patterns("splits"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("common.training.metrics.COLLAPSE_AUC", -1.0)  # one epoch on a few videos: chance
+        code = run_stage("bg", "stage1_faceforensics", [
+            "--data", str(ff), "--checkpoint-dir", str(work / "ck"), "--cache-dir", str(work / "cache"),
+            "--backbone", "mobilenet_v3_small", "--pretrained", "none", "--image-size", "32",
+            "--frames-per-video", "2", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--face-detector", "none", "--device", "cpu", "--no-status"])
+    assert code == 0
+    best = load_checkpoint(stage_paths(work / "ck", "bg", "stage1_faceforensics").best, "bg")
+    assert [e["stage"] for e in best["lineage"]] == ["stage1_faceforensics"]
+    assert best["data_index"]["kwargs"]["use_split_files"] is False
+    save_checkpoint({"model": best["model"], "model_options": best["model_options"], "temperature": 1.0,
+                     "stage": "stage4_dfdc", "kind": "student", **contract(sample_root / "dfdc")},
+                    work / "ck" / "bg_model_student.pt")
+    # the split stage 1 made: pairs (by group) on each side
+    by_split: dict = {}
+    for r in index_dataset("faceforensics", ff):
+        by_split.setdefault(r.split, set()).add(r.group)
+    official = work / "official"
+    official.mkdir()
+    trained, unused = sorted(by_split["train"])[0], sorted(by_split["test"])[0]
+    rest = sorted(by_split["train"] - {trained}) + sorted(by_split["val"])
+    for split, groups in (("test", [trained, unused]), ("val", rest[:1]), ("train", rest[1:])):
+        (official / f"{split}.json").write_text(json.dumps([g.split("_") for g in groups]))
+    return {"ck": work / "ck", "ff": ff, "official": official, "cache": work / "eval_cache"}
+
+
+def _eval_ff(s, capsys, *extra):
+    code = evaluate.main(["--checkpoint-dir", str(s["ck"]), "--cache-dir", str(s["cache"]), *EVAL,
+                          "--dataset", "faceforensics", "--data", str(s["ff"]), *map(str, extra)])
+    return code, capsys.readouterr()
+
+
+def test_test_videos_a_stage_trained_on_are_refused(stage1_without_splits, capsys):
+    s = stage1_without_splits
+    code, out = _eval_ff(s, capsys, "--splits", s["official"])
+    # one test pair was in stage 1's own training split: its 2 originals and 2 x 2 fakes
+    assert code == 2, out.err
+    assert "error: 6 of 12 test videos were in stage1_faceforensics's training split (students bg)" in out.err
+    assert "--allow-overlap" in out.err and not (s["ck"] / "evaluation").exists()
+
+
+def test_split_files_added_later_do_not_hide_the_overlap(stage1_without_splits, capsys):
+    import shutil
+
+    s = stage1_without_splits
+    shutil.copytree(s["official"], s["ff"] / "splits")  # now <data>/splits is the official one
+    try:
+        code, out = _eval_ff(s, capsys)
+    finally:
+        shutil.rmtree(s["ff"] / "splits")
+    assert code == 2 and "6 of 12 test videos were in stage1_faceforensics's training split" in out.err
+
+
+def test_allow_overlap_scores_only_the_others_and_says_so(stage1_without_splits, capsys):
+    s = stage1_without_splits
+    code, out = _eval_ff(s, capsys, "--splits", s["official"], "--allow-overlap", "--out", s["ck"] / "ev")
+    assert code == 0, out.err
+    report = json.loads((s["ck"] / "ev" / "evaluation.json").read_text())
+    trained = {r.rel for r in index_dataset("faceforensics", s["ff"]) if r.split == "train"}
+    scored = set(report["rows"]["bg"]["video_scores"])
+    assert report["n_videos"] == len(scored) == 6 and not scored & trained
+    heading = (s["ck"] / "ev" / "evaluation.md").read_text().splitlines()[0]
+    assert "less the 6 videos a student's stage trained or validated on (--allow-overlap)" in heading
+
+
+def test_faceless_videos_score_half_and_are_counted(setup, capsys, tmp_path):
+    import shutil
+
+    root = tmp_path / "celebdf"
+    shutil.copytree(setup["root"] / "celebdf", root)
+    (root / "Celeb-real" / "id4_0000.mp4").write_bytes(b"not a video")  # a real test video, no usable face
+    code = evaluate.main(["--checkpoint-dir", str(setup["ckpt"]), "--cache-dir", str(tmp_path / "cache"), *EVAL,
+                          "--dataset", "celebdf", "--data", str(root), "--out", str(tmp_path / "ev")])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    for name in ("bg", "rr", "ll", "ensemble"):
+        row = report["rows"][name]
+        assert row["video"]["n"] == 5 and row["videos_without_faces"] == {"real": 1, "fake": 0}, name
+        assert row["video_scores"]["Celeb-real/id4_0000.mp4"]["score"] == 0.5, name
+        scores = row["video_scores"].values()
+        want = binary_metrics([v["label"] for v in scores], [v["score"] for v in scores])
+        assert row["video"]["auc"] == pytest.approx(want["auc"]), name  # the 0.5 counts in the figures
+    assert report["rows"]["bg"]["frame"]["n"] == 2 * 4  # frames only from the videos with a face
+    md = (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "| no usable face, scored 0.5 (real / fake) |" in md and "| 1 (1 / 0) |" in md

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from common.training.metrics import (binary_metrics, collapse_check, equal_error_rate, evaluate, fit_temperature,
-                                     video_nll, video_scores)
+                                     require_two_classes, video_nll, video_probabilities, video_scores)
+
+
+def _logit(p):
+    p = np.asarray(p, dtype=np.float64)
+    return np.log(p) - np.log1p(-p)
 
 
 def test_binary_metrics_perfect_and_inverted():
@@ -33,6 +39,26 @@ def test_eer_midpoint():
     assert math.isclose(equal_error_rate(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9])), 0.5)
 
 
+def test_eer_is_interpolated_between_roc_points():
+    # ROC points (fpr, miss): (0, 1), (1/3, 1), (1/3, 0), ... The two rates are equal where the
+    # vertical segment at fpr = 1/3 crosses the diagonal: EER 1/3. The nearest ROC point,
+    # (1/3, 0), would have given (1/3 + 0) / 2 = 1/6.
+    assert math.isclose(equal_error_rate(np.array([0, 0, 1, 0]), np.array([0.1, 0.2, 0.3, 0.4])), 1 / 3)
+    # On a sloped segment: 2 real, 1 fake, fake in the middle. Points (0,1), (1/2,1), (1/2,0), (1,0)
+    # -> 1/2; and with the fake on top, a perfect ranking -> 0.
+    assert math.isclose(equal_error_rate(np.array([0, 1, 0]), np.array([0.1, 0.5, 0.9])), 0.5)
+    assert equal_error_rate(np.array([0, 0, 1]), np.array([0.1, 0.5, 0.9])) == 0.0
+
+
+def test_ranking_reads_unclipped_scores():
+    # Probabilities this close to 1 used to be clipped to 1 - 1e-7 and tie; margins never do.
+    y = [0, 1, 0, 1]
+    margins = np.array([20.0, 21.0, 22.0, 23.0])
+    probs = 1 / (1 + np.exp(-margins))
+    m = binary_metrics(y, probs, scores=margins)
+    assert m["auc"] == 0.75 and binary_metrics(y, probs)["auc"] == 0.75
+
+
 def test_video_scores_average_frames_per_full_relative_path():
     ids = ["Deepfakes/000_003.mp4", "Deepfakes/000_003.mp4", "FaceSwap/000_003.mp4"]
     vids, labels, probs = video_scores(ids, [1, 1, 0], [0.2, 0.6, 0.3])
@@ -42,17 +68,17 @@ def test_video_scores_average_frames_per_full_relative_path():
 
 def test_collapse_is_about_ranking_and_spread_not_the_threshold():
     y = [0] * 25 + [1] * 25
-    constant = collapse_check([0.1] * 50, y)
+    constant = collapse_check(_logit([0.1] * 50), y)
     assert constant["collapsed"] and "barely vary" in constant["reason"]
     # Ranks perfectly but every score is below 0.5: miscalibrated, not collapsed.
-    one_side = collapse_check(list(np.linspace(0.01, 0.45, 50)), y)
+    one_side = collapse_check(_logit(np.linspace(0.01, 0.45, 50)), y)
     assert not one_side["collapsed"] and one_side["auc"] == 1.0 and one_side["fake_share"] == 0.0
     # Spreads widely but ranks at chance: collapsed.
-    chance = collapse_check([0.2, 0.8, 0.2, 0.8], [0, 0, 1, 1])
+    chance = collapse_check(_logit([0.2, 0.8, 0.2, 0.8]), [0, 0, 1, 1])
     assert chance["collapsed"] and "AUC 0.500" in chance["reason"]
-    inverted = collapse_check([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1])
+    inverted = collapse_check(_logit([0.9, 0.8, 0.2, 0.1]), [0, 0, 1, 1])
     assert inverted["collapsed"] and inverted["auc"] == 0.0
-    assert not collapse_check([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])["collapsed"]
+    assert not collapse_check(_logit([0.1, 0.2, 0.8, 0.9]), [0, 0, 1, 1])["collapsed"]
 
 
 def _calibrated_at(t_true: float, n_videos: int, frames: int, seed: int):
@@ -101,17 +127,56 @@ def test_evaluate_reports_frame_video_and_collapse():
 
 
 def test_the_collapse_verdict_does_not_change_with_the_temperature():
-    from common.training.metrics import COLLAPSE_SPREAD, softmax_fake
+    from common.training.metrics import COLLAPSE_SPREAD
 
-    # Small but real margins, well ranked: a big fitted T shrinks the calibrated spread below
-    # the floor, yet the model it describes is the same.
+    # Small but real margins, well ranked: a big fitted T would shrink calibrated probabilities'
+    # spread below the floor, yet the model it describes is the same.
     ids = [f"v{i}" for i in range(8)]
     labels = [0, 0, 0, 0, 1, 1, 1, 1]
     margin = torch.tensor([-4, -3, -2, -1, 1, 2, 3, 4], dtype=torch.float32) * 4e-3
     logits = torch.stack([torch.zeros(8), margin], dim=1)
     hot = evaluate(ids, labels, logits, temperature=100.0)
     assert hot["video"]["auc"] == 1.0
-    calibrated = softmax_fake(logits, 100.0)  # one frame per video: these are the video scores
-    assert collapse_check(calibrated, labels)["logit_std"] < COLLAPSE_SPREAD  # what used to be judged
     assert hot["collapse"] == evaluate(ids, labels, logits)["collapse"]
-    assert not hot["collapse"]["collapsed"]
+    assert not hot["collapse"]["collapsed"] and hot["collapse"]["logit_std"] > COLLAPSE_SPREAD
+
+
+def _mixed_videos():
+    """Videos whose frames disagree: mean probability and mean margin rank them differently,
+    and the mean probability's order changes with T (one confident frame vs. many mild ones)."""
+    rng = np.random.default_rng(7)
+    ids, labels, rows = [], [], []
+    for v in range(60):
+        y = v % 2
+        base = rng.normal(0.4 if y else -0.4, 1.0)
+        spikes = rng.normal(0, 4.0, 4) * (rng.random(4) < 0.5)
+        for f in range(4):
+            ids.append(f"v{v:02d}")
+            labels.append(y)
+            rows.append([0.0, base + spikes[f]])
+    return ids, labels, torch.tensor(rows, dtype=torch.float32)
+
+
+def test_video_ranking_is_the_same_at_every_temperature():
+    ids, labels, logits = _mixed_videos()
+    runs = [evaluate(ids, labels, logits, t) for t in (0.05, 0.7, 1.0, 3.0, 40.0)]
+    for key in ("auc", "ap", "eer"):
+        assert len({r["video"][key] for r in runs}) == 1, key
+        assert len({r["frame"][key] for r in runs}) == 1, key
+    assert len({r["video"]["log_loss"] for r in runs}) == 5  # calibration does change with T
+    # ...where averaging probabilities, as before, reorders the videos with T:
+    from common.training.metrics import softmax_fake
+    old = [binary_metrics(*video_scores(ids, labels, softmax_fake(logits, t))[1:])["auc"] for t in (0.05, 40.0)]
+    assert old[0] != old[1]
+    # the calibrated video probability is sigmoid(mean margin / T)
+    vids, vl, p = video_probabilities(ids, labels, logits, 2.0)
+    m = np.array([np.mean([r[1] for i, r in zip(ids, logits.tolist()) if i == v]) for v in vids])
+    assert np.allclose(p, 1 / (1 + np.exp(-m / 2.0)))
+
+
+def test_single_class_split_is_an_error_that_names_it():
+    with pytest.raises(UserError, match="the validation split of stage4_dfdc has only fake videos"):
+        require_two_classes([1, 1, 1], "the validation split of stage4_dfdc")
+    with pytest.raises(UserError, match="has no videos"):
+        require_two_classes([], "the validation split of stage1_faceforensics")
+    require_two_classes([0, 1], "fine")

@@ -9,8 +9,8 @@ import common.training.progress as status
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _epoch(epoch, auc, collapsed=False, epochs=3):
-    return {"epoch": epoch, "epochs": epochs, "time": f"2026-01-0{epoch}T00:00:00",
+def _epoch(epoch, auc, collapsed=False, epochs=3, best=True):
+    return {"epoch": epoch, "epochs": epochs, "time": f"2026-01-0{epoch}T00:00:00", "best": best,
             "val": {"video": {"auc": auc}, "collapse": {"collapsed": collapsed}}}
 
 
@@ -29,13 +29,33 @@ def test_states_come_from_the_files_alone(tmp_path, capsys):
     _write(ck, "tm", "stage1_faceforensics", [_epoch(1, 0.5, True), {"final": {"collapsed": True}}])
     rows = {(r["model"], r["stage"]): r for r in status.all_states(ck)}
     assert rows[("bg", "stage1_faceforensics")]["state"] == "done"
-    assert rows[("bg", "stage1_faceforensics")]["best_auc"] == 0.8
+    assert rows[("bg", "stage1_faceforensics")]["kept_auc"] == 0.8
     assert rows[("bg", "stage2_celebdf")]["state"] == "stopped after epoch 1 of 3"
     assert rows[("tm", "stage1_faceforensics")]["state"] == "collapsed"
     assert rows[("cm", "stage4_dfdc")]["state"] == "not started"
     assert status.main(["--checkpoint-dir", str(ck)]) == 1  # a collapsed stage fails the command
     out = capsys.readouterr()
     assert "| TM | stage1_faceforensics | collapsed |" in out.out and "attention" in out.err
+
+
+def test_the_auc_shown_is_the_kept_epochs_and_the_validation_is_named(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    # Epoch 2 has the higher AUC but collapsed, so epoch 1 is kept: the table shows the kept
+    # epoch's figure (the final line's), not the highest of any epoch.
+    final = {"final": {"collapsed": False, "validation": "held-out part 10",
+                       "val": {"video": {"auc": 0.7}, "collapse": {"collapsed": False}}}}
+    _write(ck, "cm", "stage4_dfdc", [_epoch(1, 0.7), _epoch(2, 0.95, collapsed=True, best=False), final])
+    # still running: the last epoch marked best so far
+    running = [dict(_epoch(1, 0.66), validation="grouped by identity"), _epoch(2, 0.9, best=False)]
+    _write(ck, "rr", "stage2_celebdf", running)
+    rows = {(r["model"], r["stage"]): r for r in status.all_states(ck)}
+    assert rows[("cm", "stage4_dfdc")]["kept_auc"] == 0.7
+    assert rows[("rr", "stage2_celebdf")]["kept_auc"] == 0.66
+    status.main(["--checkpoint-dir", str(ck)])
+    out = capsys.readouterr().out
+    assert "| model | stage | state | kept epoch's val video AUC | validation |" in out
+    assert "| CM | stage4_dfdc | done | 0.7000 | held-out part 10 |" in out
+    assert "| RR | stage2_celebdf | stopped after epoch 2 of 3 | 0.6600 | grouped by identity |" in out
 
 
 def test_healthy_and_failed_runs(tmp_path):
@@ -63,7 +83,7 @@ def test_status_file_keeps_the_hand_written_text(tmp_path):
     before = doc.read_text()
     status.update_status_file(doc, tmp_path / "ck", status.live_row("av", "stage2_celebdf", "running", 2, 5, 0.75))
     after = doc.read_text()
-    assert "| AV | stage2_celebdf | running epoch 2 of 5 | 0.7500 |" in after
+    assert "| AV | stage2_celebdf | running epoch 2 of 5 | 0.7500 | - |" in after
     head, tail = before.split(status.START)[0], before.split(status.END)[1]
     assert after.startswith(head) and after.endswith(tail)
     plain = tmp_path / "plain.md"

@@ -103,6 +103,13 @@ def test_every_model_chains_through_three_stages(chained, sample_root, model):
     assert student["temperature"] == best4["temperature"]
     assert student["val_videos"] == best4["val_videos"] and student["data_index"]["kwargs"]["parts"] == [0, 1]
     assert student["metrics"]["val"]["video"]["n"] >= 2
+    # the student names every stage its weights passed through, with each stage's data
+    assert [e["stage"] for e in student["lineage"]] == STAGES
+    for entry, stage in zip(student["lineage"], STAGES):
+        best = load_checkpoint(stage_paths(ck, model, stage).best, model)
+        assert entry["data_index"] == best["data_index"] and entry["val_videos"] == best["val_videos"]
+    # two parts, both trained on: validation is the grouped split, and the files say so
+    assert student["metrics"]["validation"] == "grouped by original (identities may cross)"
 
 
 def test_stage2_reports_the_celebdf_test_list_but_never_selects_on_it(chained):

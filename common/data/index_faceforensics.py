@@ -44,7 +44,9 @@ def _read_ff_splits(folder: Path, explicit: bool) -> dict[str, list[tuple[str, s
 def index_faceforensics(root: str | Path, compression: str = "c23",
                         methods: Iterable[str] = DEFAULT_METHODS,
                         splits_dir: str | Path | None = None, include_dfd: bool = False,
-                        report: IndexReport | None = None) -> list[VideoRecord]:
+                        report: IndexReport | None = None, use_split_files: bool = True) -> list[VideoRecord]:
+    """`use_split_files=False` ignores split files and takes the fallback split: how a run that
+    found none is re-indexed after official files were added (common.evaluate's overlap check)."""
     root = _check_root(root, ["original_sequences", "manipulated_sequences"], _FF_EXPECT)
     report = report if report is not None else IndexReport()
     yt = root / "original_sequences" / "youtube"
@@ -75,8 +77,10 @@ def index_faceforensics(root: str | Path, compression: str = "c23",
                 continue
             items.append((_rel(p, root), p, 1, ids[0], ids[1]))
 
-    items += _ff_missing(items, root, splits_dir, used, compression, report)
-    split_of, group_of = _ff_assign(items, root, splits_dir, report)
+    official = _read_ff_splits(Path(splits_dir) if splits_dir is not None else root / "splits",
+                               explicit=splits_dir is not None) if use_split_files else None
+    items += _ff_missing(items, root, official, used, compression, report)
+    split_of, group_of = _ff_assign(items, root, splits_dir, official, report)
     real_rel = {t: rel for rel, _, label, t, _ in items if label == 0}
     records = [VideoRecord(str(p), rel, label, group_of[t], split_of[rel], False,
                            real_rel.get(t) if label else None, None)
@@ -87,13 +91,11 @@ def index_faceforensics(root: str | Path, compression: str = "c23",
     return records
 
 
-def _ff_missing(items, root: Path, splits_dir, used: list[str], compression: str,
+def _ff_missing(items, root: Path, official: dict | None, used: list[str], compression: str,
                 report: IndexReport) -> list:
     """Videos the official split files list (each id's original, and both fakes of each pair
     for every method in use) that are not on disk: records with their expected path, which
     extraction marks `missing` (named in skipped.txt, counted as unusable)."""
-    folder = Path(splits_dir) if splits_dir is not None else root / "splits"
-    official = _read_ff_splits(folder, explicit=splits_dir is not None)
     if official is None:
         return []
     have = {rel for rel, *_ in items}
@@ -115,10 +117,9 @@ def _ff_missing(items, root: Path, splits_dir, used: list[str], compression: str
     return out
 
 
-def _ff_assign(items, root: Path, splits_dir, report: IndexReport):
+def _ff_assign(items, root: Path, splits_dir, official: dict | None, report: IndexReport):
     """Split per video rel and group per id, from the official pairs or a leak-free fallback."""
     folder = Path(splits_dir) if splits_dir is not None else root / "splits"
-    official = _read_ff_splits(folder, explicit=splits_dir is not None)
     split_of: dict[str, str] = {}
     group_of: dict[str, str] = {}
     if official is not None:

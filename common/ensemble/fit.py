@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.data.atomic import atomic_write
-from common.data.datasets import detect_layout, index_dataset
+from common.data.datasets import detect_layout
 from common.ensemble.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line, check_external,
                                       load_students, logit, make_cache, pick_device, score_videos)
 from common.errors import DatasetLayoutError, UserError
@@ -31,7 +31,7 @@ from common.recipes import DEFAULTS, RECIPES
 from common.training.checkpoints import stage_paths
 from common.training.metrics import binary_metrics
 from common.training.reports import roc_plot
-from common.training.stage_data import cap_per_split
+from common.training.stage_data import cap_per_split, index_from
 
 CHANCE_MARGIN = 0.05  # |AUC - 0.5| below this: the student adds nothing but noise
 MIN_PER_CLASS = 2     # fewer real or fake validation videos than this: refuse to fit
@@ -117,7 +117,8 @@ def validation_records(data: Path, index: dict, rels: Sequence[str], max_videos:
     kw = dict(index.get("kwargs") or {})
     if kw.get("splits_dir") and not Path(kw["splits_dir"]).is_dir():
         kw["splits_dir"] = None  # its split is not used here; only the files' names and labels
-    by_rel = {r.rel: r for r in index_dataset(index["dataset"], data, **kw)}
+    # index_from: a DFDC stage validated on whole held-out parts lists them apart from its chunks
+    by_rel = {r.rel: r for r in index_from(dict(index, root=str(data), kwargs=kw))}
     absent = [rel for rel in rels if rel not in by_rel]
     if absent:
         log.warning("%d of %d listed validation videos are not under %s (first: %s)", len(absent),

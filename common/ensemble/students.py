@@ -1,7 +1,7 @@
 """The students of the ensemble: load them, score videos with them, fuse their scores.
 
-Each student gives a calibrated video score p = mean over the video's sampled frames (or
-clips) of softmax(logits / T)[fake]. A combiner is a logistic regression on logit(p):
+Each student gives a calibrated video score p = sigmoid(m / T), m the mean over the video's
+sampled frames (or clips) of the logit margin logit[fake] - logit[real]. A combiner is a logistic regression on logit(p):
     fused = sigmoid(intercept + sum_i weight_i * logit(p_i))
 fit on the validation videos the students' checkpoints list (common/ensemble/fit.py); a
 student at chance there gets weight 0. One combiner is fit for every subset of the useful
@@ -33,7 +33,7 @@ from common.preprocess import ClipTransform
 from common.recipes import DEFAULTS, RECIPES
 from common.training.checkpoints import load_checkpoint, weights_fingerprint
 from common.training.engine import make_precision, predict
-from common.training.metrics import softmax_fake, video_scores
+from common.training.metrics import video_probabilities
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
 STUDENT_SUFFIX = "_model_student.pt"
@@ -183,7 +183,7 @@ def score_videos(student: Student, records: Sequence, cache: FaceCache, settings
                         pin_memory=device.type == "cuda")
     model = student.model.to(device)
     ids, labels, logits = predict(model, loader, make_precision(device, amp=True))
-    return video_scores(ids, labels, softmax_fake(logits, student.temperature))
+    return video_probabilities(ids, labels, logits, student.temperature)  # sigmoid(mean frame margin / T)
 
 
 def logit(p) -> np.ndarray:

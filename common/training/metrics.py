@@ -1,7 +1,10 @@
 """Validation metrics: frame- and video-level scores, the collapse guard, temperature calibration.
 
-Video-level scores are the mean of a video's frame probabilities; a video is identified by
-its path relative to the dataset root (FF++ reuses `000_003.mp4` under every method).
+A frame's score is its logit margin (logit[fake] - logit[real]); a video's score is the mean
+of its frames' margins. Dividing by a temperature T > 0 does not reorder margins, so every
+ranking figure (AUC, AP, EER) is the same at any T; only the probabilities, sigmoid(margin / T),
+and the log loss depend on it. A video is identified by its path relative to the dataset root
+(FF++ reuses `000_003.mp4` under every method).
 """
 from __future__ import annotations
 
@@ -13,79 +16,106 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from common.errors import UserError
+
 # Collapsed = no useful ranking (video AUC at or below this) ...
 COLLAPSE_AUC = 0.55
-# ...or almost no spread: the video scores' logits vary less than this. A well-ranked model
-# whose scores all sit on one side of 0.5 is *not* collapsed: the temperature fixes it.
+# ...or almost no spread: the video margins vary less than this. A well-ranked model whose
+# scores all sit on one side of 0 is *not* collapsed: the temperature fixes it.
 COLLAPSE_SPREAD = 1e-3
 # Temperature search range (log-uniform bounds of the 1-D minimisation).
 T_MIN, T_MAX = 0.01, 100.0
+# Probabilities are clipped only inside the log loss (log 0); never before ranking.
+LOG_LOSS_EPS = 1e-15
 
 
-def equal_error_rate(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The rate where false positives equal false negatives (interpolated on the ROC)."""
-    fpr, tpr, _ = roc_curve(labels, probs)
-    fnr = 1.0 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    return float((fpr[i] + fnr[i]) / 2.0)
+def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The rate where false positives equal false negatives, linearly interpolated between
+    the two ROC points where (miss rate - false-positive rate) changes sign."""
+    fpr, tpr, _ = roc_curve(labels, np.asarray(scores, dtype=np.float64), drop_intermediate=False)
+    gap = (1.0 - tpr) - fpr  # starts at 1 (nothing flagged), ends at -1 (everything flagged)
+    i = int(np.nonzero(gap <= 0)[0][0])
+    if gap[i] == 0 or i == 0:
+        return float(fpr[i])
+    t = gap[i - 1] / (gap[i - 1] - gap[i])  # where the segment from point i-1 to i crosses 0
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
-def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5) -> dict:
-    """AUC, AP, EER, accuracy, balanced accuracy and log loss of fake-probabilities."""
+def binary_metrics(labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5,
+                   scores: Sequence[float] | None = None) -> dict:
+    """AUC, AP, EER (ranked on `scores`, default the probabilities, as float64 and unclipped),
+    accuracy and balanced accuracy at `threshold`, and log loss of the fake-probabilities."""
     y = np.asarray(labels, dtype=np.int64)
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    p = np.asarray(probs, dtype=np.float64)
+    rank = p if scores is None else np.asarray(scores, dtype=np.float64)
     pred = (p >= threshold).astype(np.int64)
     out = {"n": int(y.size), "n_fake": int(y.sum()), "acc": float((pred == y).mean()) if y.size else math.nan}
     recalls = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
     out["balanced_acc"] = float(np.mean(recalls)) if recalls else math.nan
-    out["log_loss"] = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if y.size else math.nan
+    q = np.clip(p, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    out["log_loss"] = float(-(y * np.log(q) + (1 - y) * np.log1p(-q)).mean()) if y.size else math.nan
     if len(set(y.tolist())) == 2:
-        out["auc"] = float(roc_auc_score(y, p))
-        out["ap"] = float(average_precision_score(y, p))
-        out["eer"] = equal_error_rate(y, p)
+        out["auc"] = float(roc_auc_score(y, rank))
+        out["ap"] = float(average_precision_score(y, rank))
+        out["eer"] = equal_error_rate(y, rank)
     else:  # AUC is undefined with one class; say so instead of inventing a number
         out["auc"] = out["ap"] = out["eer"] = math.nan
     return out
 
 
-def video_scores(video_ids: Sequence[str], labels: Sequence[int], probs: Sequence[float]):
-    """Mean frame probability per video -> (ids, labels, probs), ids sorted."""
+def frame_margins(logits: torch.Tensor) -> np.ndarray:
+    """logit[fake] - logit[real] of [N, 2] logits, as float64: the frame's score."""
+    logits = logits.detach().cpu().double()
+    return (logits[:, 1] - logits[:, 0]).numpy() if logits.numel() else np.zeros(0)
+
+
+def margin_probability(margins, temperature: float = 1.0) -> np.ndarray:
+    """sigmoid(margin / T) in float64 (tanh form: no overflow for any margin)."""
+    return 0.5 * (1.0 + np.tanh(np.asarray(margins, dtype=np.float64) / (2.0 * temperature)))
+
+
+def video_scores(video_ids: Sequence[str], labels: Sequence[int], scores: Sequence[float]):
+    """Mean of each video's frame scores -> (ids, labels, means), ids sorted. Pass frame
+    margins (frame_margins) to get the suite's video score, the mean logit margin."""
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     video_label: dict[str, int] = {}
-    for vid, y, p in zip(video_ids, labels, probs):
-        sums[vid] += float(p)
+    for vid, y, s in zip(video_ids, labels, scores):
+        sums[vid] += float(s)
         counts[vid] += 1
         video_label[vid] = int(y)
     ids = sorted(sums)
-    return ids, np.array([video_label[v] for v in ids]), np.array([sums[v] / counts[v] for v in ids])
+    return ids, np.array([video_label[v] for v in ids]), np.array([sums[v] / counts[v] for v in ids],
+                                                                   dtype=np.float64)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
+def video_probabilities(video_ids: Sequence[str], labels: Sequence[int], logits: torch.Tensor,
+                        temperature: float = 1.0):
+    """Calibrated video probabilities -> (ids, labels, sigmoid(mean frame margin / T)), ids sorted."""
+    ids, vlabels, vmargins = video_scores(video_ids, labels, frame_margins(logits))
+    return ids, vlabels, margin_probability(vmargins, temperature)
 
 
-def collapse_check(probs: Sequence[float], labels: Sequence[int] | None = None) -> dict:
-    """Collapsed = the video scores do not rank (AUC <= COLLAPSE_AUC) or barely vary.
+def collapse_check(margins: Sequence[float], labels: Sequence[int] | None = None) -> dict:
+    """Collapsed = the video margins do not rank (AUC <= COLLAPSE_AUC) or barely vary.
 
-    Where the scores sit relative to 0.5 does not matter: that is calibration, not ranking."""
-    p = np.asarray(probs, dtype=np.float64)
-    if p.size == 0:
+    Where the margins sit relative to 0 does not matter: that is calibration, not ranking."""
+    m = np.asarray(margins, dtype=np.float64)
+    if m.size == 0:
         return {"collapsed": True, "reason": "no validation predictions"}
-    spread = float(_logit(p).std())
+    spread = float(m.std())
     auc = math.nan
     if labels is not None:
         y = np.asarray(labels, dtype=np.int64)
         if len(set(y.tolist())) == 2:
-            auc = float(roc_auc_score(y, p))
+            auc = float(roc_auc_score(y, m))
     reason = ""
     if spread < COLLAPSE_SPREAD:
         reason = f"scores barely vary (logit std {spread:.2e})"
     elif math.isfinite(auc) and auc <= COLLAPSE_AUC:
         reason = f"video AUC {auc:.3f} <= {COLLAPSE_AUC} (no useful ranking)"
     return {"collapsed": bool(reason), "reason": reason, "auc": auc, "logit_std": spread,
-            "fake_share": float((p >= 0.5).mean())}
+            "fake_share": float((m >= 0).mean())}
 
 
 def softmax_fake(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
@@ -105,18 +135,16 @@ def _video_index(labels: np.ndarray, video_ids: Sequence[str] | None):
 
 def video_nll(logits: torch.Tensor, labels: Sequence[int], video_ids: Sequence[str] | None,
               temperature: float) -> float:
-    """Mean NLL of the video scores (mean frame probability) at this temperature."""
+    """Mean NLL of the video probabilities sigmoid(mean frame margin / T) at this temperature."""
     y = np.asarray(labels, dtype=np.int64)
     index, vlabels = _video_index(y, video_ids)
-    return _nll(np.asarray(logits.float()[:, 1] - logits.float()[:, 0], dtype=np.float64),
-                index, vlabels, temperature)
+    return _nll(frame_margins(logits), index, vlabels, temperature)
 
 
 def _nll(margin: np.ndarray, index: np.ndarray, vlabels: np.ndarray, temperature: float) -> float:
-    frame_p = 0.5 * (1.0 + np.tanh(margin / (2.0 * temperature)))  # a stable sigmoid
-    p = np.bincount(index, frame_p, minlength=vlabels.size) / np.bincount(index, minlength=vlabels.size)
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    return float(-(vlabels * np.log(p) + (1 - vlabels) * np.log1p(-p)).mean())
+    video = np.bincount(index, margin, minlength=vlabels.size) / np.bincount(index, minlength=vlabels.size)
+    signed = np.where(vlabels == 1, -video, video) / temperature
+    return float(np.logaddexp(0.0, signed).mean())  # -log sigmoid(+-m / T), exact for any margin
 
 
 def fit_temperature(logits: torch.Tensor, labels, video_ids: Sequence[str] | None = None,
@@ -132,7 +160,7 @@ def fit_temperature(logits: torch.Tensor, labels, video_ids: Sequence[str] | Non
     y = np.asarray(labels.tolist() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
     if logits.numel() == 0 or len(set(y.tolist())) < 2:
         return 1.0
-    margin = (logits[:, 1] - logits[:, 0]).double().numpy()
+    margin = frame_margins(logits)
     index, vlabels = _video_index(y, video_ids)
     if len(set(vlabels.tolist())) < 2:
         return 1.0
@@ -146,13 +174,20 @@ def evaluate(video_ids: Sequence[str], labels: Sequence[int], logits: torch.Tens
              temperature: float = 1.0) -> dict:
     """All validation figures for one pass: frame level, video level and the collapse guard.
 
-    The guard reads the uncalibrated (T = 1) scores: collapse is about the model's ranking and
-    spread, and a large fitted temperature would otherwise shrink a healthy model's spread."""
-    probs = softmax_fake(logits, temperature)
-    ids, vlabels, vprobs = video_scores(video_ids, labels, probs)
-    raw = vprobs if temperature == 1.0 else video_scores(video_ids, labels, softmax_fake(logits))[2]
+    Ranking figures and the guard read margins, so they are the same at every temperature;
+    accuracy and log loss read the probabilities at `temperature`."""
+    margins = frame_margins(logits)
+    ids, vlabels, vmargins = video_scores(video_ids, labels, margins)
     return {
-        "frame": binary_metrics(labels, probs),
-        "video": binary_metrics(vlabels, vprobs),
-        "collapse": collapse_check(raw, vlabels),
+        "frame": binary_metrics(labels, margin_probability(margins, temperature), scores=margins),
+        "video": binary_metrics(vlabels, margin_probability(vmargins, temperature), scores=vmargins),
+        "collapse": collapse_check(vmargins, vlabels),
     }
+
+
+def require_two_classes(labels: Sequence[int], what: str) -> None:
+    """A split that ranks nothing (one class) cannot pick an epoch or fit a temperature."""
+    y = set(int(v) for v in labels)
+    if len(y) < 2:
+        only = "no videos" if not y else f"only {'fake' if 1 in y else 'real'} videos"
+        raise UserError(f"{what} has {only}: its AUC is undefined, so no epoch can be chosen on it")

@@ -36,19 +36,20 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def stage_state(checkpoint_dir: Path, model: str, stage: str) -> dict:
-    """State of one stage from its files: not started / stopped at e of n / done / failed / collapsed."""
+    """State of one stage from its files: not started / stopped at e of n / done / failed / collapsed,
+    the kept epoch's validation video AUC and how the stage validates."""
     paths = stage_paths(checkpoint_dir, model, stage)
     lines = read_jsonl(paths.metrics)
     epochs = [ln for ln in lines if "epoch" in ln and "val" in ln]
-    row = {"model": model, "stage": stage, "state": "not started", "best_auc": math.nan,
+    row = {"model": model, "stage": stage, "state": "not started", "kept_auc": math.nan, "validation": "-",
            "epochs_done": len(epochs), "epochs_total": epochs[-1].get("epochs") if epochs else None,
            "checkpoint": paths.best.name if paths.best.exists() else "-", "updated": "-"}
     if not lines:
         return row
     row["updated"] = lines[-1].get("time", "-")
-    aucs = [ln["val"]["video"]["auc"] for ln in epochs if ln["val"]["video"].get("auc") is not None]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    row["best_auc"] = max(aucs) if aucs else math.nan
+    row["kept_auc"] = kept_auc(lines)
+    row["validation"] = next((ln.get("validation") or (ln.get("final") or {}).get("validation")
+                              for ln in reversed(lines) if ln.get("validation") or "final" in ln), None) or "-"
     last = lines[-1]
     if "failed" in last:
         row["state"] = "failed"
@@ -72,6 +73,18 @@ def mark_unreadable(row: dict, checkpoint_dir: Path) -> dict:
     return row
 
 
+def kept_auc(lines: list[dict]) -> float:
+    """Validation video AUC of the epoch the stage keeps: the `final` line's (the kept epoch,
+    calibrated; AUC does not change with the temperature), else the last epoch marked best."""
+    final = next((ln["final"] for ln in reversed(lines) if "final" in ln), None)
+    if final is not None and "val" in final:
+        auc = final["val"]["video"].get("auc")
+    else:
+        kept = [ln for ln in lines if ln.get("best") and "val" in ln]
+        auc = kept[-1]["val"]["video"].get("auc") if kept else None
+    return float(auc) if isinstance(auc, (int, float)) and math.isfinite(auc) else math.nan
+
+
 def all_states(checkpoint_dir: Path, live: dict | None = None) -> list[dict]:
     rows = []
     for model in MODEL_NAMES:
@@ -84,12 +97,13 @@ def all_states(checkpoint_dir: Path, live: dict | None = None) -> list[dict]:
 
 
 def render_table(rows: list[dict]) -> str:
-    out = ["| model | stage | state | best val video AUC | epochs done | checkpoint | last update |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| model | stage | state | kept epoch's val video AUC | validation | epochs done | checkpoint | "
+           "last update |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        auc = "-" if r["best_auc"] is None or math.isnan(r["best_auc"]) else f"{r['best_auc']:.4f}"
-        out.append(f"| {r['model'].upper()} | {r['stage']} | {r['state']} | {auc} | {r['epochs_done']} | "
-                   f"{r['checkpoint']} | {r['updated']} |")
+        kept = r.get("kept_auc")
+        auc = "-" if kept is None or math.isnan(kept) else f"{kept:.4f}"
+        out.append(f"| {r['model'].upper()} | {r['stage']} | {r['state']} | {auc} | {r.get('validation') or '-'} | "
+                   f"{r['epochs_done']} | {r['checkpoint']} | {r['updated']} |")
     return "\n".join(out)
 
 
@@ -108,9 +122,9 @@ def update_status_file(path: Path, checkpoint_dir: Path, live: dict | None = Non
 
 
 def live_row(model: str, stage: str, state: str, epoch: int, epochs: int,
-             best_auc: float | None = None) -> dict:
+             kept_auc: float | None = None) -> dict:
     label = f"running epoch {epoch} of {epochs}" if state == "running" else state
-    return {"model": model, "stage": stage, "state": label, "best_auc": best_auc,
+    return {"model": model, "stage": stage, "state": label, "kept_auc": kept_auc,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

@@ -14,14 +14,15 @@ log = logging.getLogger(__name__)
 
 def progress(cfg, state: str, *, epoch: int, epochs: int, main: bool, best_auc: float | None = None,
              collapsed: bool = False) -> None:
-    """Refresh the progress section of the status file (rank 0 only; never fatal)."""
+    """Refresh the progress section of the status file (rank 0 only; never fatal). `best_auc` is
+    the kept epoch's validation video AUC (below 0: undefined, shown as "-")."""
     if not main or cfg.status_file is None:
         return
     from common.training.progress import live_row, update_status_file
 
     if collapsed and state == "running":
         state = f"collapsed at epoch {epoch}"
-    auc = None if best_auc is None or not math.isfinite(best_auc) else best_auc
+    auc = None if best_auc is None or not math.isfinite(best_auc) or best_auc < 0 else best_auc
     try:
         update_status_file(cfg.status_file, cfg.checkpoint_dir,
                            live_row(cfg.model, cfg.stage, state, epoch, epochs, auc))
@@ -81,12 +82,13 @@ def curves_plot(history: list[dict], path: Path, title: str) -> None:
 
 
 def stage_plots(paths, history: list[dict], ids, labels, logits, temperature: float) -> None:
-    """`<stem>.roc.png` (calibrated validation, video level) and `<stem>.curves.png`."""
-    from common.training.metrics import softmax_fake, video_scores
+    """`<stem>.roc.png` (validation, video level: the ROC of the margins, the same at any
+    temperature) and `<stem>.curves.png`."""
+    from common.training.metrics import frame_margins, video_scores
 
     stem = paths.best.with_suffix("")
     try:
-        _, vl, vp = video_scores(ids, labels, softmax_fake(logits, temperature))
+        _, vl, vp = video_scores(ids, labels, frame_margins(logits))
         roc_plot({"validation (video)": (vl.tolist(), vp.tolist())}, stem.with_suffix(".roc.png"), stem.name)
         if history:
             curves_plot(history, stem.with_suffix(".curves.png"), stem.name)

@@ -33,6 +33,8 @@ from common.training import stage_data as sd
 from common.training.checkpoints import capture_rng, restore_rng, stage_paths, weights_fingerprint
 from common.training.engine import (NonFiniteLossError, WorkerDied, make_optimizer, make_precision,
                                     to_channels_last, train_one_epoch, validate)
+from common.training.held_out import lineage_before
+from common.training.metrics import require_two_classes
 from common.training.run_files import (append_jsonl, check_writable, missing_rels, remove_stale_temps, report_epoch,
                                        skipped_path, tensorboard_writer, write_skipped)
 from common.training.run_guard import release, run_flags
@@ -102,6 +104,7 @@ class StageRun:
     augment: Any = None
     chunk: Any = None                  # the chunk whose training data is loaded
     train: ChunkData | None = None     # and that data
+    lineage_before: list = field(default_factory=list)  # the earlier stages' data (held_out.stage_entry)
 
 
 @dataclass
@@ -118,6 +121,7 @@ def _train(run: StageRun) -> dict:
     torch.manual_seed(cfg.seed % 2**63)
     run.flags = run_flags(cfg)  # as given: clip_len may be inherited from the start checkpoint below
     run.start, run.ckpt, run.ckpt_path = resolve_start(cfg, run.recipe, run.paths)  # before any data work
+    run.lineage_before = lineage_before(run.start, run.ckpt)
     prepare_folder(run)
     index_records(run)
     build_model_on_device(run)
@@ -152,8 +156,8 @@ def index_records(run: StageRun) -> None:
     if recipe.chunks:
         cfg.chunks = tuple(check_chunks(cfg.chunks or recipe.chunks, part_dirs(cfg.data),
                                         cfg.skip_missing_chunks))
-    run.records = sd.cap_per_split(sd.index_records(cfg, recipe), cfg.max_videos, cfg.seed,
-                                   key=lambda r: (r.split, r.chunk if r.split == "train" else None))
+        cfg.val_parts = sd.dfdc_val_parts(cfg, recipe, part_dirs(cfg.data))
+    run.records = sd.stage_records(sd.index_arguments(cfg, recipe))
     log.info("%s: %s", recipe.title, sd.split_counts(run.records))
     check_training_videos(run)
 
@@ -188,12 +192,15 @@ def load_validation(run: StageRun) -> None:
     cfg = run.cfg
     run.cache = sd.make_cache(cfg, run.recipe)
     run.val_records = [r for r in run.records if r.split == "val"]
+    split = f"the validation split of {cfg.stage}"
+    require_two_classes([r.label for r in run.val_records], split)
     sd.ensure_cached(run.val_records, run.cache, cfg, run.dist_info, "validation", run.stop)
     run.stop.check_extraction()
     val_set = sd.samples_for(run.val_records, run.cache, cfg, run.recipe, train=False)
     skipped = sorted(missing_rels(run.val_records, run.cache))
     write_skipped(skipped_path(run.paths), skipped, run.dist_info, run.cache)
     sd.check_bad_fraction(val_set, len(run.val_records), cfg.max_bad_fraction, "val", skipped_path(run.paths))
+    require_two_classes(val_set.labels, f"{split}, once videos without usable faces are left out,")
     run.val_loader = sd.eval_loader(val_set, cfg, run.dist_info, run.device)
 
 
@@ -289,6 +296,7 @@ def checkpoint(run: StageRun, kind: str, metrics: dict | None = None) -> dict:
             "init_fingerprint": run.init_fingerprint, "kind": kind, "temperature": 1.0, "flags": run.flags,
             "stage_finished": False, "data_index": sd.index_arguments(cfg, run.recipe),
             "val_videos": sorted(r.rel for r in run.val_records),  # the exact list every later report reads
+            "lineage_before": run.lineage_before,
             "faces": recorded_face_settings(cfg.face_detector, cfg.face_model, view=view_of(cfg.model))}
 
 
@@ -344,7 +352,8 @@ def validate_and_keep(run: StageRun, phase: dict, stats: dict) -> None:
     improved = better(metrics, state)
     epoch = state["phase"] + 1
     line = {"epoch": epoch, "epochs": len(run.phases), "chunk": phase["chunk"], "chunk_epoch": phase["epoch"] + 1,
-            "lr": run.sched.get_last_lr()[0], "train": stats, "val": metrics, "best": improved, "time": now()}
+            "lr": run.sched.get_last_lr()[0], "train": stats, "val": metrics, "best": improved, "time": now(),
+            "validation": sd.index_arguments(cfg, run.recipe)["validation"]}
     report_epoch(cfg, metrics, line)
     state["history"].append({"epoch": epoch, "loss": stats["loss"], "val_loss": metrics["loss"],
                              "val_video_auc": metrics["video"]["auc"],

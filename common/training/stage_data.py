@@ -7,14 +7,16 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from common.data.datasets import index_dataset
+from common.data.datasets import SPLITS, index_dataset
 from common.data.samples import EpochSampler, FaceSamples, ShardSampler, collate_samples
+from common.errors import DatasetLayoutError, UserError
 from common.faces.cache import FaceCache
 from common.faces.extraction import build_face_cache
 from common.faces.views import view_of
@@ -31,21 +33,85 @@ class TooManyBadVideos(RuntimeError):
 
 
 def index_arguments(cfg, recipe) -> dict:
-    """The dataset-index arguments of this stage, as plain values a checkpoint can keep."""
+    """The dataset-index arguments of this stage, as plain values a checkpoint can keep:
+    enough to re-index exactly the videos it trained and validated on (`stage_records`)."""
     kw: dict = {}
     if recipe.dataset == "faceforensics":
-        kw = {"compression": cfg.compression, "splits_dir": None if cfg.splits is None else str(cfg.splits)}
+        folder = Path(cfg.splits) if cfg.splits is not None else Path(cfg.data) / "splits"
+        kw = {"compression": cfg.compression, "splits_dir": None if cfg.splits is None else str(cfg.splits),
+              # a run that found no split files made its own split; files added later must not change it
+              "use_split_files": cfg.splits is not None or any((folder / f"{s}.json").is_file() for s in SPLITS)}
     elif recipe.dataset == "celebdf":
         kw = {"seed": cfg.seed}
     elif recipe.dataset == "dfdc":
-        kw = {"parts": [int(k) for k in (cfg.chunks or recipe.chunks)], "seed": cfg.seed}
+        kw = {"parts": [int(k) for k in (cfg.chunks or recipe.chunks)], "seed": cfg.seed,
+              "val_parts": [int(k) for k in getattr(cfg, "val_parts", None) or ()]}
     return {"dataset": recipe.dataset, "root": str(cfg.data), "kwargs": kw,
-            "max_videos": cfg.max_videos, "cap_seed": cfg.seed}
+            "max_videos": cfg.max_videos, "cap_seed": cfg.seed, "validation": validation_choice(recipe.dataset, kw)}
+
+
+def validation_choice(dataset: str, kw: dict) -> str:
+    """How a stage validates, in words (kept in the checkpoint, shown by common.status)."""
+    if dataset == "faceforensics":
+        return "official val.json" if kw["use_split_files"] else "own split by pair (no split files)"
+    if dataset == "celebdf":
+        return "grouped by identity"
+    val_parts = kw.get("val_parts")
+    if val_parts:
+        return f"held-out part{'s' if len(val_parts) > 1 else ''} {','.join(map(str, val_parts))}"
+    return "grouped by original (identities may cross)"
+
+
+def dfdc_val_parts(cfg, recipe, present) -> tuple[int, ...]:
+    """DFDC validation parts: --val-parts, else the first present part outside the training
+    order, else none (the grouped split of the training parts, with a warning)."""
+    order = [int(k) for k in (cfg.chunks or recipe.chunks)]
+    given = tuple(getattr(cfg, "val_parts", None) or ())
+    if given:
+        clash = sorted(set(given) & set(order))
+        if clash:
+            raise UserError(f"--val-parts {','.join(map(str, clash))} also in the training order (--chunks); "
+                            "validation parts must be parts no chunk trains on")
+        absent = [k for k in given if k not in present]
+        if absent:
+            raise DatasetLayoutError(f"--val-parts: no dfdc_train_part_{absent[0]} under {cfg.data}")
+        return given
+    outside = sorted(k for k in present if k not in order)
+    if outside:
+        log.info("DFDC validation: the whole held-out part %d (--val-parts to choose others)", outside[0])
+        return (outside[0],)
+    log.warning("DFDC validation: no part outside the training order is present, so validation is a "
+                "split of the training parts grouped by original video; the same actors may be on both sides")
+    return ()
 
 
 def index_records(cfg, recipe) -> list:
     """Index the official tree of this stage's dataset (raises DatasetLayoutError early)."""
-    return index_dataset(recipe.dataset, cfg.data, **index_arguments(cfg, recipe)["kwargs"])
+    return index_from(index_arguments(cfg, recipe))
+
+
+def index_from(data_index: dict) -> list:
+    """The records a checkpoint's `data_index` describes, each with the split it had (before the cap)."""
+    kw = dict(data_index.get("kwargs") or {})
+    if data_index["dataset"] != "dfdc":
+        return index_dataset(data_index["dataset"], data_index["root"], **kw)
+    val_parts = set(kw.pop("val_parts", None) or ())
+    if not val_parts:
+        return index_dataset("dfdc", data_index["root"], **kw)
+    records = index_dataset("dfdc", data_index["root"], parts=sorted(set(kw["parts"]) | val_parts),
+                            seed=kw.get("seed", 0), val_fraction=0)  # training parts: all train
+    return [replace(r, split="val") if r.chunk in val_parts else r for r in records]
+
+
+def stage_records(data_index: dict) -> list:
+    """Exactly the videos of a stage, split as it was: index_from, then the stage's --max-videos cap."""
+    return cap_per_split(index_from(data_index), data_index.get("max_videos"), data_index.get("cap_seed", 0),
+                         key=cap_key)
+
+
+def cap_key(record):
+    """--max-videos applies per split, and per chunk within DFDC's training split."""
+    return record.split, record.chunk if record.split == "train" else None
 
 
 def cap_per_split(records: Sequence, max_videos: int | None, seed: int,

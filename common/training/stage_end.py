@@ -19,6 +19,7 @@ from common.training import distributed, reports
 from common.training import stage_data as sd
 from common.training.checkpoints import load_checkpoint, save_checkpoint
 from common.training.engine import predict
+from common.training.held_out import lineage_of
 from common.training.metrics import evaluate, fit_temperature
 from common.training.run_files import append_jsonl, data_summary, skipped_path
 
@@ -84,10 +85,11 @@ def finish(run) -> dict:
     calibrated = evaluate(ids, labels, logits, temperature)
     best["temperature"] = temperature
     best["stage_finished"] = True
+    best["lineage"] = lineage_of(best)  # this stage and every stage before it: what evaluate checks
     best["metrics"] = dict(best["metrics"], calibrated=calibrated, temperature=temperature)
     final = {"stage": run.cfg.stage, "temperature": temperature, "val": calibrated,
              "best_val_video_auc": run.state["best_auc"], "collapsed": calibrated["collapse"]["collapsed"],
-             "init_fingerprint": best.get("init_fingerprint"),
+             "init_fingerprint": best.get("init_fingerprint"), "validation": best["data_index"].get("validation"),
              "data": data_summary(run.records, run.cache, run.state["skipped"], skipped_path(run.paths))}
     test = test_list_report(run, temperature)
     if test is not None:
@@ -137,7 +139,7 @@ def write_final(run, best: dict, final: dict, scores: tuple) -> None:
                          "temperature": final["temperature"], "metrics": final, "stage": cfg.stage,
                          "config": best["config"], "kind": "student", "stage_finished": True,
                          "data_index": best["data_index"], "val_videos": best["val_videos"],
-                         "faces": best.get("faces")},
+                         "lineage": best["lineage"], "faces": best.get("faces")},
                         paths.student)
     reports.stage_plots(paths, run.state["history"], *scores, final["temperature"])
     epochs = len(run.state["history"])
