@@ -150,18 +150,21 @@ def test_the_face_model_is_compared_by_content(tmp_path):
     other = tmp_path / "c.onnx"
     other.write_bytes(b"other weights")
 
-    def flags(path: Path, chunks: str = "0,1") -> dict:
+    def flags(path: Path, chunks: str = "0,1", val_parts: str = "5") -> dict:
         return run_flags(parse_config("bg", "stage4_dfdc", ["--data", "x", "--face-detector", "yunet",
-                                                            "--face-model", str(path), "--chunks", chunks]))
+                                                            "--face-model", str(path), "--chunks", chunks,
+                                                            "--val-parts", val_parts]))
 
     recorded = flags(model)
-    assert set(recorded) == set(RESUME_FIXED) and len(RESUME_FIXED) == 11
+    assert set(recorded) == set(RESUME_FIXED) and len(RESUME_FIXED) == 12
     assert recorded["face_model"] == "sha256:" + hashlib.sha256(b"yunet weights").hexdigest()
     check_resume_flags(flags(copy), recorded, Path("last.pt"))  # same content: accepted
     with pytest.raises(UserError, match="--resume with --face-model sha256:"):
         check_resume_flags(flags(other), recorded, Path("last.pt"))
     with pytest.raises(UserError, match="--resume with --chunks 1,0, but last.pt was trained with --chunks 0,1"):
         check_resume_flags(flags(model, "1,0"), recorded, Path("last.pt"))
+    with pytest.raises(UserError, match="--resume with --val-parts 6, but last.pt was trained with --val-parts 5"):
+        check_resume_flags(flags(model, val_parts="6"), recorded, Path("last.pt"))
 
 
 # ----------------------------------------------------------------------------- 10. checkpoints and disk

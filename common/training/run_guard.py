@@ -83,7 +83,7 @@ def release(path: str | os.PathLike) -> None:
 # files, compression, DFDC parts), the crops (detector, its model, size, frames, clip) or the
 # model (backbone). Every checkpoint records them (run_flags); --resume compares.
 RESUME_FIXED = ("seed", "face_detector", "face_model", "image_size", "frames_per_video", "clip_len",
-                "backbone", "max_videos", "splits", "compression", "chunks")
+                "backbone", "max_videos", "splits", "compression", "chunks", "val_parts")
 
 
 def _face_model_digest(cfg) -> str:
@@ -106,7 +106,7 @@ def _flag_value(cfg, key: str) -> str:
         return _face_model_digest(cfg)
     if key == "splits" and value is not None:
         return str(Path(value).expanduser().absolute())
-    if key == "chunks" and value is not None:
+    if key in ("chunks", "val_parts") and value is not None:
         return ",".join(map(str, value))
     return str(value)
 
