@@ -37,23 +37,21 @@ class FaceSamples(Dataset):
         self.with_audio = with_audio
         self.videos: list = []      # (record, fps, centre frame index per point, audio present)
         points: list[int] = []      # sample points per video
-        self._offsets: list = []    # where each video's crops start in its .npy (None: use np.load)
         self.missing = 0
         for rec in records:
-            entry = cache.entry(rec.rel, view)
-            if entry is None:
+            # the index decides: an entry counts only while its video is on disk, unchanged
+            meta = cache.meta(rec.rel, rec.path)
+            if meta is None or view not in meta["views"]:
                 self.missing += 1
                 continue
-            crops, meta = entry
-            if crops.shape[1] < clip_len:
-                raise ValueError(f"cache holds runs of {crops.shape[1]} frames, model needs {clip_len}")
-            mid = crops.shape[1] // 2
+            stored = cache.run_length(view)
+            if stored < clip_len:
+                raise ValueError(f"cache holds runs of {stored} frames, model needs {clip_len}")
+            mid = stored // 2
             centres = [int(run[mid]) for run in meta["frame_indices"]]
             audio = bool(meta.get("audio", {}).get("present", False))
             self.videos.append((rec, float(meta["fps"]), centres, audio))
-            self._offsets.append(int(crops.offset) if isinstance(crops, np.memmap)
-                                 and crops.flags.c_contiguous else None)
-            points.append(crops.shape[0])
+            points.append(len(centres))
         # Items as two flat arrays, not a list of tuples: 120k videos x 32 points stay a few
         # MB per DataLoader worker instead of hundreds.
         self.item_video = np.repeat(np.arange(len(points), dtype=np.int32), points)
@@ -78,25 +76,15 @@ class FaceSamples(Dataset):
         return sample
 
     def _frames(self, v: int, rel: str, point: int) -> np.ndarray:
-        """uint8 [clip_len, S, S, 3]: the clip_len frames centred in run `point`. Read with one
-        seek and read (a tenth of the cost of mapping the .npy for every sample); completeness
-        and shape were checked once, at construction."""
-        path = self.cache.view_path(rel, self.view)
-        t, s = self.cache.run_length(self.view), self.cache.crop_size
+        """uint8 [clip_len, S, S, 3]: the clip_len frames centred in run `point`, decoded here
+        (in the loader's worker) through the cache's one decoder, each frame checked against
+        its checksum (a damaged entry raises, and is redone by the next run)."""
+        t = self.cache.run_length(self.view)
         start = (t - self.clip_len + 1) // 2 if self.clip_len > 1 else t // 2
-        if self._offsets[v] is None:
-            run = np.load(path, mmap_mode="r")[point]
-            return np.array(run[start:start + self.clip_len])  # a writable copy, off the memmap
-        frame_bytes = s * s * 3
-        frames = np.empty((self.clip_len, s, s, 3), dtype=np.uint8)
-        with open(path, "rb", buffering=0) as f:
-            f.seek(self._offsets[v] + (point * t + start) * frame_bytes)
-            if f.readinto(frames) != frames.nbytes:
-                raise OSError(f"{path}: cache entry is shorter than its header says (rebuild it)")
-        return frames
+        return self.cache.read_frames(rel, self.view, point, start, self.clip_len)
 
     def _audio(self, rel: str, centre_s: float, present: bool) -> dict:
-        mel = np.load(self.cache.paths(rel)["mel"], mmap_mode="r") if present else None
+        mel = self.cache.read_mel(rel) if present else None
         if mel is None:
             window = np.zeros((N_MELS, MEL_WINDOW), dtype=np.float32)
         else:

@@ -1,0 +1,150 @@
+"""How the face cache stores pixels: one codec per view, frames packed in a checked container.
+
+Chosen by measurement (README, "Face cache on disk"; tests/benchmarks/bench_cache.py) on the
+crops of the real FF++ videos at the defaults (224 px, 32 points, runs of 8):
+  face     JPEG quality 85, 4:2:0, optimised Huffman tables: 1.96 MB per video (15 MB as
+           lossless PNG, 38.5 MB raw); PSNR against the raw crop 41.7-43.6 dB per video,
+           40.4 dB on its worst frame
+  context  JPEG quality 95: 0.50 MB; 42.0-44.6 dB per video, 41.0 dB worst frame (the scene
+           holds more fine detail than a face: quality 85 gave 38 dB there)
+  native   lossless WebP (Pillow, method 0): bit-exact, CM reads the codec's own 8-px grid;
+           1.63 MB (PNG 1.94 MB; WebP's slowest method 1.46 MB at 18x the encode time)
+  mel      the float32 .npy bytes, unchanged
+Every view is encoded one frame at a time: any frame decodes alone, so a sample reads only
+its own frames.
+
+Container (<key>.<view>.frames, <key>.mel.bin): MAGIC, u32 count, count x (u32 length, u32
+crc32), then the payloads back to back. The per-payload crc32 catches a corrupt frame where
+it is read; the header's lengths must add up to the file's size, which catches truncation.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+MAGIC = b"DFC1"
+_HEAD = struct.Struct("<4sI")
+_ITEM = struct.Struct("<II")
+VIEW_CODECS = {"face": ("jpeg", 85), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
+# Measured bytes per stored pixel at the defaults (above), with ~10 % headroom: the disk
+# estimate printed before extraction (estimate_entry_bytes).
+BYTES_PER_PIXEL = {"face": 0.17, "context": 0.34, "native": 1.15}
+MEL_BYTES_PER_S = 26_000  # 64 mels x 100 frames/s x float32, + header
+
+
+class DamagedEntryError(OSError):
+    """A cache file does not match what its entry recorded (truncated or corrupt)."""
+
+
+def encode_frame(frame: np.ndarray, view: str) -> bytes:
+    """One uint8 [S, S, 3] RGB frame in its view's codec."""
+    kind, quality = VIEW_CODECS[view]
+    if kind == "webp_lossless":
+        from PIL import Image
+
+        out = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame)).save(out, "WEBP", lossless=True, method=0,
+                                                          quality=quality)
+        return out.getvalue()
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[..., ::-1]),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, 1])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_frame(data: bytes, view: str) -> np.ndarray:
+    """The inverse of encode_frame: uint8 [S, S, 3] RGB. The one decoder every reader uses."""
+    kind, _ = VIEW_CODECS[view]
+    if kind == "webp_lossless":
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DamagedEntryError("a frame does not decode")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def pack(payloads: Sequence[bytes]) -> bytes:
+    """The container of these payloads (header with lengths and crc32s, then the payloads)."""
+    head = _HEAD.pack(MAGIC, len(payloads))
+    items = b"".join(_ITEM.pack(len(p), zlib.crc32(p)) for p in payloads)
+    return head + items + b"".join(payloads)
+
+
+def encode_view(crops: np.ndarray, view: str) -> bytes:
+    """uint8 [K, T, S, S, 3] -> container bytes, frames in (point, t) order."""
+    return pack([encode_frame(f, view) for f in crops.reshape(-1, *crops.shape[-3:])])
+
+
+def encode_array(arr: np.ndarray) -> bytes:
+    """A numpy array (the log-mel) as a one-payload container of its .npy bytes."""
+    out = io.BytesIO()
+    np.save(out, arr)
+    return pack([out.getvalue()])
+
+
+def read_payloads(path, first: int, count: int) -> list[bytes]:
+    """Payloads first .. first+count-1 of a container file, each checked against its crc32,
+    with one seek and one read for the run. Raises DamagedEntryError naming what is wrong."""
+    with open(path, "rb", buffering=0) as f:
+        head = f.read(_HEAD.size)
+        if len(head) < _HEAD.size or _HEAD.unpack(head)[0] != MAGIC:
+            raise DamagedEntryError(f"{path}: not a cache container (bad header)")
+        n = _HEAD.unpack(head)[1]
+        table = f.read(n * _ITEM.size)
+        if len(table) != n * _ITEM.size or first + count > n:
+            raise DamagedEntryError(f"{path}: truncated header or frame {first + count - 1} of {n} absent")
+        items = [_ITEM.unpack_from(table, i * _ITEM.size) for i in range(n)]
+        start = _HEAD.size + len(table) + sum(length for length, _ in items[:first])
+        span = sum(length for length, _ in items[first:first + count])
+        f.seek(start)
+        blob = f.read(span)
+    if len(blob) != span:
+        raise DamagedEntryError(f"{path}: truncated (frames {first}..{first + count - 1})")
+    out, pos = [], 0
+    for length, crc in items[first:first + count]:
+        part = blob[pos:pos + length]
+        if zlib.crc32(part) != crc:
+            raise DamagedEntryError(f"{path}: corrupt (checksum of frame {first + len(out)})")
+        out.append(part)
+        pos += length
+    return out
+
+
+def read_frames(path, view: str, first: int, count: int) -> np.ndarray:
+    """uint8 [count, S, S, 3]: frames first.. of a view's container, checked and decoded."""
+    return np.stack([decode_frame(p, view) for p in read_payloads(path, first, count)])
+
+
+def read_array(path) -> np.ndarray:
+    """The array of an encode_array container, checked."""
+    (data,) = read_payloads(path, 0, 1)
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def file_check(path) -> dict:
+    """{"size", "crc32"} of a written file: recorded in the entry's json."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"size": len(data), "crc32": zlib.crc32(data)}
+
+
+def estimate_entry_bytes(crop_size: int, frames_per_video: int, clip_len: int,
+                         views: Sequence[str], audio_s: float = 0.0) -> int:
+    """Expected bytes of one entry at these settings, from the measured figures above."""
+    from common.faces.views import run_length
+
+    px = crop_size * crop_size * frames_per_video
+    total = sum(BYTES_PER_PIXEL[v] * px * run_length(v, clip_len) for v in views)
+    return int(total + MEL_BYTES_PER_S * audio_s + 8_000)  # + the json
