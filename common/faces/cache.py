@@ -110,6 +110,11 @@ def write_json(path: Path, obj: dict) -> None:
     write_file(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
+def _write_bytes(f: Any, blob: bytes) -> None:
+    """Every data file of an entry is written here (one name for tests to fault)."""
+    f.write(blob)
+
+
 def _self_check(meta: dict) -> int:
     """crc32 of the meta without its "check": a json changed in any value fails it."""
     body = {k: v for k, v in meta.items() if k != "check"}
@@ -221,7 +226,7 @@ class FaceCache:
         if mel is not None:
             blobs[p["mel"]] = codec.encode_array(mel)
         for path, blob in blobs.items():
-            write_file(path, lambda f, b=blob: f.write(b), sync=False)
+            write_file(path, lambda f, b=blob: _write_bytes(f, b), sync=False)
             files[path.name] = {"size": len(blob), "crc32": zlib.crc32(blob)}
         meta = {**meta, "version": CACHE_VERSION, "views": list(crops), "files": files,
                 "codecs": {v: list(codec.VIEW_CODECS[v]) for v in crops}}

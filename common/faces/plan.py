@@ -88,11 +88,11 @@ def check_space(cache: FaceCache, pending: list[Any]) -> dict:
     need = estimate_bytes(cache, pending)
     free = free_bytes(cache.dir)
     plan = {"videos": len(pending), "bytes": need, "free": free}
-    if pending:
-        log.info("face cache %s: %s", cache.key, describe(plan))
-    if need > free:
+    if need > free:  # the one line of a refusal (it holds the estimate)
         raise CacheSpaceError(f"not enough disk for the face cache: {describe(plan)} "
                               "(free some space or point --cache-dir elsewhere)")
+    if pending:
+        log.info("face cache %s: %s", cache.key, describe(plan))
     return plan
 
 
