@@ -96,6 +96,14 @@ def test_workers_only_read_and_the_seed_travels_with_the_sample(tmp_path):
     assert torch.equal(batch["frames"], expected)
     # The cache's memory order, stacked as is; the device side makes it contiguous.
     assert batch["frames"].stride()[2] == 1 and not batch["frames"].is_contiguous()
+    # the batch read together is decoded into one buffer and handed on without a copy
+    keys = list(sampler)
+    together = collate_samples(ds.__getitems__(keys))
+    assert torch.equal(together["frames"], expected) and together["frames"].stride() == batch["frames"].stride()
+    items = ds.__getitems__(keys)
+    assert collate_samples(items)["frames"].data_ptr() == items[0]["frames"].data_ptr()
+    alone = collate_samples([ds[k] for k in keys])  # item by item: stacked, the same pixels
+    assert torch.equal(alone["frames"], expected) and alone["seed"].tolist() == together["seed"].tolist()
     on_device = to_device(batch, torch.device("cpu"))
     assert on_device["frames"].is_contiguous() and torch.equal(on_device["frames"], expected)
     assert on_device["seed"] is batch["seed"]  # seeds stay on the host

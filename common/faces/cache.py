@@ -247,13 +247,15 @@ class FaceCache:
             return None
         return frames.reshape(k, t, *frames.shape[1:]), meta
 
-    def read_frames(self, rel: str, view: str, point: int, start: int, count: int) -> np.ndarray:
+    def read_frames(self, rel: str, view: str, point: int, start: int, count: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
         """uint8 [count, S, S, 3]: frames start.. of sample point `point` in a view, checked
         and decoded (the one decoder of training, validation, evaluate and predict). A
-        truncated or corrupt entry is marked for re-extraction and raises CacheDamagedError."""
+        truncated or corrupt entry is marked for re-extraction and raises CacheDamagedError.
+        `out`: a uint8 [count, S, S, 3] array to decode into (and return)."""
         first = point * self.run_length(view) + start
         try:
-            return codec.read_frames(self.view_path(rel, view), view, first, count)
+            return codec.read_frames(self.view_path(rel, view), view, first, count, out)
         except (OSError, ValueError) as exc:
             raise self._damaged(rel, exc) from None
 

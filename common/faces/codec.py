@@ -9,7 +9,7 @@ crops of the real FF++ videos at the defaults (224 px, 32 points, runs of 8):
            holds more fine detail than a face: quality 85 gave 38 dB there)
   native   lossless WebP (Pillow, method 0): bit-exact, CM reads the codec's own 8-px grid;
            1.63 MB (PNG 1.94 MB; WebP's slowest method 1.46 MB at 18x the encode time)
-  mel      the float32 .npy bytes, unchanged
+  mel      the float32 log-mel as it is (its shape, then its bytes)
 Every view is encoded one frame at a time: any frame decodes alone, so a sample reads only
 its own frames.
 
@@ -43,7 +43,7 @@ class DamagedEntryError(OSError):
 def encode_frame(frame: np.ndarray, view: str) -> bytes:
     """One uint8 [S, S, 3] RGB frame in its view's codec."""
     kind, quality = VIEW_CODECS[view]
-    if kind == "webp_lossless":
+    if kind == "webp_lossless":  # Pillow: OpenCV cannot choose WebP's (fastest) method 0
         from PIL import Image
 
         out = io.BytesIO()
@@ -52,7 +52,7 @@ def encode_frame(frame: np.ndarray, view: str) -> bytes:
         return out.getvalue()
     import cv2
 
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[..., ::-1]),
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, 1])
     if not ok:
         raise ValueError("JPEG encoding failed")
@@ -60,19 +60,17 @@ def encode_frame(frame: np.ndarray, view: str) -> bytes:
 
 
 def decode_frame(data: bytes, view: str) -> np.ndarray:
-    """The inverse of encode_frame: uint8 [S, S, 3] RGB. The one decoder every reader uses."""
-    kind, _ = VIEW_CODECS[view]
-    if kind == "webp_lossless":
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
+    """The inverse of encode_frame: uint8 [S, S, 3] RGB. The one decoder every reader uses
+    (OpenCV for both codecs; decoding straight to RGB halves a JPEG frame's cost against
+    decoding to BGR and swapping the channels after)."""
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10
+    buf = np.frombuffer(data, np.uint8)
+    img = cv2.imdecode(buf, rgb) if rgb is not None else cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
         raise DamagedEntryError("a frame does not decode")
-    return np.ascontiguousarray(img[..., ::-1])
+    return img if rgb is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def pack(payloads: Sequence[bytes]) -> bytes:
@@ -88,10 +86,10 @@ def encode_view(crops: np.ndarray, view: str) -> bytes:
 
 
 def encode_array(arr: np.ndarray) -> bytes:
-    """A numpy array (the log-mel) as a one-payload container of its .npy bytes."""
-    out = io.BytesIO()
-    np.save(out, arr)
-    return pack([out.getvalue()])
+    """A float32 2-D array (the log-mel) as a one-payload container: its two dimensions
+    (u32 each), then its C-order bytes."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return pack([struct.pack("<II", *arr.shape) + arr.tobytes()])
 
 
 def read_payloads(path, first: int, count: int) -> list[bytes]:
@@ -105,15 +103,14 @@ def read_payloads(path, first: int, count: int) -> list[bytes]:
         table = f.read(n * _ITEM.size)
         if len(table) != n * _ITEM.size or first + count > n:
             raise DamagedEntryError(f"{path}: truncated header or frame {first + count - 1} of {n} absent")
-        items = [_ITEM.unpack_from(table, i * _ITEM.size) for i in range(n)]
-        start = _HEAD.size + len(table) + sum(length for length, _ in items[:first])
-        span = sum(length for length, _ in items[first:first + count])
-        f.seek(start)
-        blob = f.read(span)
-    if len(blob) != span:
+        items = np.frombuffer(table, dtype="<u4").reshape(n, 2)  # (length, crc32) per payload
+        lengths = items[first:first + count, 0].tolist()
+        f.seek(_HEAD.size + len(table) + int(items[:first, 0].sum(dtype=np.int64)))
+        blob = f.read(sum(lengths))
+    if len(blob) != sum(lengths):
         raise DamagedEntryError(f"{path}: truncated (frames {first}..{first + count - 1})")
     out, pos = [], 0
-    for length, crc in items[first:first + count]:
+    for length, crc in zip(lengths, items[first:first + count, 1].tolist()):
         part = blob[pos:pos + length]
         if zlib.crc32(part) != crc:
             raise DamagedEntryError(f"{path}: corrupt (checksum of frame {first + len(out)})")
@@ -122,15 +119,26 @@ def read_payloads(path, first: int, count: int) -> list[bytes]:
     return out
 
 
-def read_frames(path, view: str, first: int, count: int) -> np.ndarray:
-    """uint8 [count, S, S, 3]: frames first.. of a view's container, checked and decoded."""
-    return np.stack([decode_frame(p, view) for p in read_payloads(path, first, count)])
+def read_frames(path, view: str, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [count, S, S, 3]: frames first.. of a view's container, checked and decoded
+    (into `out` when given)."""
+    frames = [decode_frame(p, view) for p in read_payloads(path, first, count)]
+    if out is None:
+        return np.stack(frames)
+    if out.shape != (count, *frames[0].shape):
+        raise DamagedEntryError(f"{path}: frames of {frames[0].shape}, expected {out.shape[1:]}")
+    for i, frame in enumerate(frames):
+        out[i] = frame
+    return out
 
 
 def read_array(path) -> np.ndarray:
-    """The array of an encode_array container, checked."""
+    """The float32 [rows, cols] array of an encode_array container, checked."""
     (data,) = read_payloads(path, 0, 1)
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    rows, cols = struct.unpack_from("<II", data)
+    if len(data) != 8 + 4 * rows * cols:
+        raise DamagedEntryError(f"{path}: array of {rows}x{cols} does not match its {len(data)} bytes")
+    return np.frombuffer(data, dtype=np.float32, offset=8).reshape(rows, cols)
 
 
 def file_check(path) -> dict:
