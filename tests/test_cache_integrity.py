@@ -99,6 +99,23 @@ def test_a_corrupt_file_is_found_when_read_and_the_entry_redone(source, tmp_path
     repaired_by_the_next_build(cache, rec, before)
 
 
+def test_a_loader_worker_reports_a_corrupt_entry_in_one_line(source, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from common.data.samples import collate_samples
+
+    cache, rec = fresh(source, tmp_path)
+    path = cache.dir / "vids__v.face.frames"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x5A  # the last frame: read by the last sample point's clip
+    path.write_bytes(bytes(data))
+    ds = FaceSamples([rec], cache, clip_len=3, transform=ClipTransform(S, normalize=False))
+    with pytest.raises(CacheDamagedError) as err:
+        list(DataLoader(ds, batch_size=N, num_workers=1, collate_fn=collate_samples))
+    assert len(str(err.value).splitlines()) == 1 and str(err.value).startswith("face cache entry of vids/v.mp4")
+    assert cache.state(rec.rel, rec.path) == "damaged"
+
+
 def test_verify_reads_every_file_back(source, tmp_path):
     cache, rec = fresh(source, tmp_path)
     assert cache.verify(rec.rel)

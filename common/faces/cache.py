@@ -68,6 +68,12 @@ class CacheDamagedError(UserError):
     """A reader found a cache entry truncated or corrupt. The entry is marked, and the next
     `common.extract` or stage run re-extracts it."""
 
+    def __str__(self) -> str:
+        # Re-raised from a DataLoader worker, the message is the worker's whole traceback:
+        # its last line is ours.
+        text = super().__str__().strip()
+        return text.splitlines()[-1].split("CacheDamagedError: ", 1)[-1] if text else text
+
 
 def cache_key(dataset: str, crop_size: int, frames_per_video: int, clip_len: int,
               detector: str, preprocessing: str = "none") -> str:

@@ -85,7 +85,7 @@ def measure(path: Path, kind: str, args, detector) -> dict:
     def extract():
         rounds["n"] += 1  # a fresh folder every round: each one really writes its entry
         cache = FaceCache(Path(tmp.name) / str(rounds["n"]), "bench", args.image_size,
-                          args.frames_per_video, args.clip_len, "yunet")
+                          args.frames_per_video, args.clip_len, "yunet", args.preprocessing)
         s = build_face_cache([rec], cache, workers=0, progress=False, preview=False,
                              face_model=args.face_model)
         assert s["done"] == 1, s
@@ -98,6 +98,11 @@ def measure(path: Path, kind: str, args, detector) -> dict:
     entry_bytes = sum(p.stat().st_size for p in files)
     raw, _ = video_views(str(path), cache.frames_per_video, cache.clip_len, cache.crop_size,
                          detector, info, cache.views)
+    if args.preprocessing != "none":  # as extract_video: the stage's filter, then the codec
+        from common.preprocess import apply_preprocessing
+
+        raw = {v: apply_preprocessing(c.reshape(-1, *c.shape[2:]), args.preprocessing).reshape(c.shape)
+               for v, c in raw.items()}
     stored = {v: cache.entry(rec.rel, v)[0] for v in cache.views}
     out = {"video": path.name, "kind": kind, "size": f"{info.width}x{info.height}",
            "n_frames": info.n_frames, "audio": info.has_audio, "source_bytes": path.stat().st_size,
@@ -158,6 +163,7 @@ def run(args) -> dict:
         "videos": per_video,
         "conditions": S.conditions(
             image_size=args.image_size, frames_per_video=args.frames_per_video,
+            preprocessing=args.preprocessing,
             clip_len=args.clip_len, rounds=args.rounds, samples=args.samples,
             synthetic=f"{args.synthetic} x {args.width}x{args.height} H.264 yuv420p, "
                       f"{args.seconds:g} s at {args.fps:g} fps (common.sample_data face video)",
@@ -198,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--frames-per-video", type=int, default=32)
     ap.add_argument("--clip-len", type=int, default=8)
+    ap.add_argument("--preprocessing", default="none", choices=("none", "clahe", "clahe_bilateral"),
+                    help="the cache's stage filter (FF++ none, Celeb-DF clahe, DFDC clahe_bilateral)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--samples", type=int, default=64, help="samples timed per kind of read")
     ap.add_argument("--face-model", default=None, help="YuNet ONNX (default: the model cache)")
