@@ -2,9 +2,10 @@
 
 Chosen by measurement (README, "Face cache on disk"; tests/benchmarks/bench_cache.py) on the
 crops of the real FF++ videos at the defaults (224 px, 32 points, runs of 8):
-  face     JPEG quality 85, 4:2:0, optimised Huffman tables: 1.96 MB per video (15 MB as
-           lossless PNG, 38.5 MB raw); PSNR against the raw crop 41.7-43.6 dB per video,
-           40.4 dB on its worst frame
+  face     JPEG quality 83, 4:2:0, optimised Huffman tables: 1.86 MB per video (15 MB as
+           lossless PNG, 38.5 MB raw); PSNR against the raw crop 41.3-43.2 dB per video,
+           40.0 dB on its worst frame (quality 85: 1.96 MB, 41.7 dB; 80: 1.70 MB, but 39.5 dB
+           on its worst frame)
   context  JPEG quality 95: 0.50 MB; 42.0-44.6 dB per video, 41.0 dB worst frame (the scene
            holds more fine detail than a face: quality 85 gave 38 dB there)
   native   lossless WebP (Pillow, method 0): bit-exact, CM reads the codec's own 8-px grid;
@@ -29,10 +30,10 @@ import numpy as np
 MAGIC = b"DFC1"
 _HEAD = struct.Struct("<4sI")
 _ITEM = struct.Struct("<II")
-VIEW_CODECS = {"face": ("jpeg", 85), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
+VIEW_CODECS = {"face": ("jpeg", 83), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
 # Measured bytes per stored pixel at the defaults (above), with ~10 % headroom: the disk
 # estimate printed before extraction (estimate_entry_bytes).
-BYTES_PER_PIXEL = {"face": 0.17, "context": 0.34, "native": 1.15}
+BYTES_PER_PIXEL = {"face": 0.16, "context": 0.34, "native": 1.15}
 MEL_BYTES_PER_S = 26_000  # 64 mels x 100 frames/s x float32, + header
 
 
