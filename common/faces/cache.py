@@ -228,14 +228,14 @@ class FaceCache:
             raise CacheWriteError(f"cannot write the face cache in {self.dir}: "
                                   f"{exc.strerror or exc}") from exc
         files = {}
-        blobs = {self.view_path(rel, v): codec.encode_view(c, v) for v, c in crops.items()}
+        blobs = {self.view_path(rel, v): codec.encode_view(c, v, self.preprocessing) for v, c in crops.items()}
         if mel is not None:
             blobs[p["mel"]] = codec.encode_array(mel)
         for path, blob in blobs.items():
             write_file(path, lambda f, b=blob: _write_bytes(f, b), sync=False)
             files[path.name] = {"size": len(blob), "crc32": zlib.crc32(blob)}
         meta = {**meta, "version": CACHE_VERSION, "views": list(crops), "files": files,
-                "codecs": {v: list(codec.VIEW_CODECS[v]) for v in crops}}
+                "codecs": {v: list(codec.codec_of(v, self.preprocessing)) for v in crops}}
         meta["check"] = _self_check(meta)
         write_json(p["meta"], meta)
         return meta

@@ -69,7 +69,7 @@ def estimate_bytes(cache: FaceCache, pending: list[Any]) -> int:
     """Bytes the pending videos' entries are expected to take (codec.estimate_entry_bytes)."""
     with_audio = sum(bool(getattr(r, "has_audio", False)) for r in pending)
     one = codec.estimate_entry_bytes(cache.crop_size, cache.frames_per_video, cache.clip_len,
-                                     cache.views)
+                                     cache.views, preprocessing=cache.preprocessing)
     return one * len(pending) + int(codec.MEL_BYTES_PER_S * AUDIO_S) * with_audio
 
 
