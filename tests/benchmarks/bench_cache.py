@@ -184,7 +184,7 @@ def verdict(figures: dict) -> dict:
         out["cache_vs_source_synthetic"] = (figures["synthetic"]["cache_vs_source"]
                                             <= TARGETS["cache_vs_source_synthetic_1080p_max"])
     if "real" in figures:
-        out["psnr_real"] = min(figures["real"]["psnr_db_min"].values()) >= TARGETS["psnr_db_min"]
+        out["psnr_real"] = bool(min(figures["real"]["psnr_db_min"].values()) >= TARGETS["psnr_db_min"])
     return out
 
 
