@@ -147,8 +147,9 @@ def _audio(record: Any, info, decode_audio: bool) -> tuple[dict, np.ndarray | No
 def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = True,
                   source_meta: dict | None = None) -> dict:
     """Crop every view the cache stores (video_views), preprocess, decode the audio and write
-    one video's entry (FaceCache.write_entry: encoded, checked); returns its meta. Raises BadVideoError or NoFaceError. (source_meta is ignored: fakes are
-    detected on their own frames; the parameter stays for old callers.)"""
+    one video's entry (FaceCache.write_entry: encoded, checked); returns its meta. Raises
+    BadVideoError or NoFaceError. (source_meta is ignored: fakes are detected on their own
+    frames; the parameter stays for old callers.)"""
     t0 = time.perf_counter()
     info = probe(record.path)
     crops, face_meta = video_views(record.path, cache.frames_per_video, cache.clip_len,
@@ -225,9 +226,9 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     Returns {"total", "done", "cached", "skipped": {reason: n}, "failed": [(rel, reason)],
     "audio_failed", "repaired": [rel] (damaged entries redone), "outdated", "changed"
     (plan.sort_records), "plan" (videos, bytes, free), "stopped", "seconds", "shard",
-    "cache_dir"}. Refuses (CacheSpaceError) when the estimate will not fit on the disk. `should_stop()` is polled
-    while waiting: True ends the build within a fraction of a second (a SIGTERM), with
-    "stopped" set. A failed write into the cache raises CacheWriteError; a worker dying
+    "cache_dir"}. Refuses (CacheSpaceError) when the estimate will not fit on the disk.
+    `should_stop()` is polled while waiting: True ends the build within a fraction of a
+    second (a SIGTERM), with "stopped" set. A failed write into the cache raises CacheWriteError; a worker dying
     twice on one video raises WorkerDiedError (a CacheWriteError).
     """
     from tqdm import tqdm
