@@ -3,9 +3,13 @@
   python -m common.extract --dataset celebdf --data PATH [--cache-dir cache] [--workers 4]
       [--shard I/N] [--face-detector yunet|haar|none] [--face-model PATH] ...
 
+  python -m common.extract ... --dry-run   # how many videos are left, the disk they need
+
+Before extracting it prints the estimated disk the run will write (the format's measured
+bytes per video x the videos left) and refuses when that exceeds the free space.
 Exit codes: 0 done; 1 some videos failed (retried next run); 2 a bad flag, path or model;
-3 the cache could not be written, a worker died twice on one video, or SIGTERM stopped it;
-130 Ctrl-C stopped it (one line; finished videos stay cached).
+3 the cache could not be written or will not fit, a worker died twice on one video, or
+SIGTERM stopped it; 130 Ctrl-C stopped it (one line; finished videos stay cached).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 from typing import Sequence
 
 from common.errors import UserError
@@ -30,11 +35,13 @@ _INTERRUPTED = ("interrupted: extraction stopped by Ctrl-C; the videos finished 
 def format_summary(summary: dict, cache) -> str:
     """The CLI's report of a build_face_cache summary."""
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped"].items())) or "none"
+    repaired = summary.get("repaired", [])
     lines = [f"{cache.dir}: {summary['done']} extracted, {summary['cached']} already cached, "
-             f"skipped: {skipped}, failed: {len(summary['failed'])}, {summary['seconds']:.1f} s "
-             f"(shard {summary['shard'][0]}/{summary['shard'][1]})"
+             f"skipped: {skipped}, failed: {len(summary['failed'])}, repaired: {len(repaired)}, "
+             f"{summary['seconds']:.1f} s (shard {summary['shard'][0]}/{summary['shard'][1]})"
              + (" -- stopped early" if summary["stopped"] else "")]
     lines += [f"  failed {rel}: {why}" for rel, why in summary["failed"]]
+    lines += [f"  repaired {rel}: the entry was damaged, re-extracted" for rel in repaired]
     return "\n".join(lines)
 
 
@@ -81,7 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     a("--retry-skipped", action="store_true",
       help="try again the videos the cache marked skipped (e.g. after changing the detector model)")
     a("--no-progress", action="store_true")
+    a("--dry-run", action="store_true",
+      help="print how many videos are left to extract and the disk they need, then exit")
+    a("--verify", action="store_true",
+      help="read every cached entry back against its checksums first (damaged ones are redone)")
     return parser
+
+
+def dry_run(records, cache, shard: tuple[int, int], retry_skipped: bool) -> int:
+    """The plan of a run, printed; exit 0 when it fits on the disk, else 3."""
+    from common.faces.cache import shard_of
+    from common.faces.plan import CacheSpaceError, describe, estimate_bytes, free_bytes, sort_records
+
+    mine = list({r.rel: r for r in records if shard_of(r, shard[1]) == shard[0]}.values())
+    summary = {"cached": 0, "skipped": Counter(), "repaired": []}
+    pending, _ = sort_records(mine, cache, retry_skipped, summary)
+    plan = {"videos": len(pending), "bytes": estimate_bytes(cache, pending), "free": free_bytes(cache.dir)}
+    fits = plan["bytes"] <= plan["free"]
+    print(f"{cache.dir}: {summary['cached']} of {len(mine)} videos cached; {describe(plan)}"
+          + ("" if fits else f" -- {CacheSpaceError.__name__}: it will not fit"))
+    return 0 if fits else 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = FaceCache(args.cache_dir, args.dataset, args.image_size, args.frames_per_video,
                           args.clip_len, args.face_detector,
                           _preprocessing(args.preprocessing, args.dataset))
+        if args.dry_run:
+            return dry_run(records, cache, shard, args.retry_skipped)
+        if args.verify:
+            bad = [r.rel for r in records if cache.meta(r.rel) is not None and not cache.verify(r.rel)]
+            print(f"verified the cached entries: {len(bad)} damaged" + (f" ({', '.join(bad)})" if bad else ""))
         summary = build_face_cache(records, cache, workers=args.workers, shard=shard,
                                    decode_audio=not args.no_audio, progress=not args.no_progress,
                                    face_model=args.face_model,

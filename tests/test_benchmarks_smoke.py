@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.benchmarks import bench_engine, bench_extraction, bench_loader, bench_memory
+from tests.benchmarks import bench_cache, bench_engine, bench_extraction, bench_loader, bench_memory
 
 
 def _numbers(value, where: str):
@@ -43,6 +43,20 @@ def test_extraction_benchmark_runs(tmp_path, yunet_model):
     check(res, "extraction", ("yunet_vs_decode_cpu", "haar_vs_decode_cpu", "naive_vs_yunet",
                               "videos_per_hour_per_core_yunet", "core_hours_for_120k_dfdc_videos_yunet"))
     assert res["videos"][0]["n_frames"] == 10 and set(res["videos"][0]["breakdown_s"]) == {"yunet", "haar"}
+
+
+def test_cache_benchmark_runs(tmp_path):
+    res = bench_cache.main([
+        "--video-dir", str(tmp_path), "--work-dir", str(tmp_path), "--no-real", "--width", "160",
+        "--height", "120", "--face-px", "72", "--seconds", "1", "--fps", "10", "--rounds", "1",
+        "--samples", "2", "--frames-per-video", "2", "--clip-len", "2", "--image-size", "32"])
+    check(res, "cache", ("synthetic", "wall_vs_cpu", "vs_decode_cpu", "decode_ms_per_sample"))
+    video = res["videos"][0]
+    assert video["bytes"] == sum(video["bytes_by_file"].values()) > 0
+    assert set(video["bytes_by_file"]) == {"face.frames", "context.frames", "native.frames", "json"}
+    assert video["native_bit_exact"] and video["psnr_db"]["native"] == 99.0
+    assert set(res["figures"]["decode_ms_per_sample"]) == {"frame/face", "frame/context", "frame/native",
+                                                            "clip/face"}
 
 
 def test_loader_benchmark_runs(tmp_path):

@@ -210,9 +210,9 @@ def _counted(real, after_call):
 if _mode == "step":  # pause after optimiser step number FAULT_AT
     import torch
     torch.optim.AdamW.step = _counted(torch.optim.AdamW.step, lambda a: None)
-elif _mode == "npsave":  # pause inside face-cache write number FAULT_AT: temp written, not renamed
-    import numpy
-    numpy.save = _counted(numpy.save, lambda a: a[0].flush())
+elif _mode == "cachewrite":  # pause inside face-cache write number FAULT_AT: temp written, not renamed
+    import common.faces.cache as _cache
+    _cache._write_bytes = _counted(_cache._write_bytes, lambda a: a[0].flush())
 '''
 
 
@@ -263,20 +263,21 @@ def test_sigkill_during_face_extraction_then_resume(ff, straight, tmp_path):
     from common.faces.views import STORED_VIEWS
 
     args = stage_args(ff, tmp_path)
-    # one .npy per view and video: the write after two whole videos is the third's face view
-    proc, _ = run_until_paused(tmp_path, args, "npsave", 2 * len(STORED_VIEWS) + 1)
+    # one file per view and video: the write after two whole videos is the third's face view
+    proc, _ = run_until_paused(tmp_path, args, "cachewrite", 2 * len(STORED_VIEWS) + 1)
     cache_dir = next((tmp_path / "cache").iterdir())
     pending = temp_files(cache_dir)
     sigkill(proc)
     assert len(pending) == 1  # the kill landed mid-write
-    half = pending[0][1:].split(".npy")[0]
+    half = pending[0][1:].split(".face.frames")[0]
     assert not (cache_dir / f"{half}.json").exists()
     assert len(list(cache_dir.glob("*.json"))) == 2
     assert not paths_of(tmp_path).last.exists()
 
     assert run_stage(MODEL, STAGE, args + ["--resume"]) == 0
     assert temp_files(cache_dir) == []
-    assert (cache_dir / f"{half}.json").is_file() and np.load(cache_dir / f"{half}.npy").shape[0] == 2
+    assert (cache_dir / f"{half}.json").is_file()
+    assert len(json.loads((cache_dir / f"{half}.json").read_text())["frame_indices"]) == 2
     assert_same_weights(paths_of(tmp_path).last, paths_of(straight).last)
 
 
@@ -679,16 +680,18 @@ def test_resume_refuses_a_changed_shaping_flag(ff, straight, tmp_path, capsys, f
 def test_full_disk_during_a_cache_write_stops_and_blames_no_video(ff, tmp_path, monkeypatch, capsys):
     from common.faces.views import STORED_VIEWS
 
-    real_save, calls = np.save, {"n": 0}
+    import common.faces.cache as cache_module
 
-    def disk_fills_up(f, arr, *a, **k):
+    real_write, calls = cache_module._write_bytes, {"n": 0}
+
+    def disk_fills_up(f, blob):
         calls["n"] += 1
-        if calls["n"] > 2 * len(STORED_VIEWS):  # two whole videos (one .npy per view), then full
+        if calls["n"] > 2 * len(STORED_VIEWS):  # two whole videos (one file per view), then full
             f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(f, arr, *a, **k)
+        return real_write(f, blob)
 
-    monkeypatch.setattr(np, "save", disk_fills_up)
+    monkeypatch.setattr(cache_module, "_write_bytes", disk_fills_up)
     code = run_stage(MODEL, STAGE, stage_args(ff, tmp_path))
     monkeypatch.undo()
     assert code == EXIT_TRAINING_FAILED
@@ -698,8 +701,9 @@ def test_full_disk_during_a_cache_write_stops_and_blames_no_video(ff, tmp_path, 
     entries = sorted(cache_dir.glob("*.json"))
     assert len(entries) == 2 and temp_files(cache_dir) == []
     assert not list(cache_dir.glob("*.skip.json"))  # a full disk is not a bad video
+    check = FaceCache(tmp_path / "cache", "faceforensics", 32, 2, 3, "none")
     for meta in entries:
-        assert np.load(meta.with_suffix(".npy")).shape[:2] == (2, 3)
+        assert check.entry(json.loads(meta.read_text())["rel"])[0].shape[:2] == (2, 3)
 
     # With space again, the build picks up where it stopped.
     from common.data.datasets import index_faceforensics
@@ -717,10 +721,12 @@ def test_cache_write_error_is_not_a_bad_video_in_the_builder(ff, tmp_path, monke
     records = [r for r in index_faceforensics(ff) if r.split == "val"][:2]
     cache = FaceCache(tmp_path, "faceforensics", 32, 2, 3, "none")
 
+    import common.faces.cache as cache_module
+
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(np, "save", read_only)
+    monkeypatch.setattr(cache_module, "_write_bytes", read_only)
     with pytest.raises(CacheWriteError, match="Read-only file system"):
         build_face_cache(records, cache, progress=False)
     assert not list(cache.dir.glob("*.json"))

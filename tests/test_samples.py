@@ -1,5 +1,4 @@
 """The data contract as the models see it: frames, clips, audio windows, labels, ids."""
-import json
 
 import numpy as np
 import pytest
@@ -8,8 +7,10 @@ import torch
 from common.data.audio import MEL_WINDOW, N_MELS, mel_window
 from common.data.datasets import VideoRecord, index_dataset
 from common.data.samples import FaceSamples
-from common.faces.cache import FaceCache
-from common.faces.extraction import build_face_cache
+from common.faces.cache import FaceCache, file_stamp
+from common.faces import codec
+from common.faces.detectors import make_detector
+from common.faces.extraction import build_face_cache, video_crops
 from common.preprocess import ClipTransform
 
 
@@ -68,15 +69,17 @@ def test_workers_only_read_and_the_seed_travels_with_the_sample(tmp_path):
     from common.training.engine import to_device
     from common.data.samples import EpochSampler, collate_samples
 
-    cache = FaceCache(tmp_path, "toy", crop_size=16, frames_per_video=2, clip_len=4, detector="none")
-    cache.dir.mkdir(parents=True)
-    crops = np.random.default_rng(0).integers(0, 255, (2, 4, 16, 16, 3), dtype=np.uint8)
-    paths = cache.paths("v.mp4")
-    np.save(paths["crops"], crops)
-    paths["meta"].write_text(json.dumps({"frame_indices": [[0, 1, 2, 3], [8, 9, 10, 11]],
-                                         "boxes": [[0, 0, 16, 16]] * 2, "fps": 25.0, "n_frames": 12,
-                                         "width": 16, "height": 16, "audio": {"present": False}}))
-    rec = VideoRecord(path="v.mp4", rel="v.mp4", label=1, group="v", split="train", has_audio=False)
+    cache = FaceCache(tmp_path, "toy", crop_size=16, frames_per_video=2, clip_len=4, detector="none",
+                      views=("face",))
+    raw = np.random.default_rng(0).integers(0, 255, (2, 4, 16, 16, 3), dtype=np.uint8)
+    (tmp_path / "v.mp4").write_bytes(b"a video")
+    rec = VideoRecord(path=str(tmp_path / "v.mp4"), rel="v.mp4", label=1, group="v", split="train",
+                      has_audio=False)
+    cache.write_entry("v.mp4", {"face": raw}, None, {
+        "frame_indices": [[0, 1, 2, 3], [8, 9, 10, 11]], "source": file_stamp(rec.path),
+        "boxes": [[0, 0, 16, 16]] * 2, "fps": 25.0, "n_frames": 12, "width": 16, "height": 16,
+        "audio": {"present": False}})
+    crops, _ = cache.entry("v.mp4")  # what the cache's decoder gives (the face view is JPEG)
     ds = FaceSamples([rec], cache, clip_len=4, transform=ClipTransform(16, normalize=False))
     item = ds[(1, 123)]
     assert item["frames"].dtype == torch.uint8
@@ -93,6 +96,14 @@ def test_workers_only_read_and_the_seed_travels_with_the_sample(tmp_path):
     assert torch.equal(batch["frames"], expected)
     # The cache's memory order, stacked as is; the device side makes it contiguous.
     assert batch["frames"].stride()[2] == 1 and not batch["frames"].is_contiguous()
+    # the batch read together is decoded into one buffer and handed on without a copy
+    keys = list(sampler)
+    together = collate_samples(ds.__getitems__(keys))
+    assert torch.equal(together["frames"], expected) and together["frames"].stride() == batch["frames"].stride()
+    items = ds.__getitems__(keys)
+    assert collate_samples(items)["frames"].data_ptr() == items[0]["frames"].data_ptr()
+    alone = collate_samples([ds[k] for k in keys])  # item by item: stacked, the same pixels
+    assert torch.equal(alone["frames"], expected) and alone["seed"].tolist() == together["seed"].tolist()
     on_device = to_device(batch, torch.device("cpu"))
     assert on_device["frames"].is_contiguous() and torch.equal(on_device["frames"], expected)
     assert on_device["seed"] is batch["seed"]  # seeds stay on the host
@@ -111,5 +122,10 @@ def test_stage_preprocessing_is_stored_once_in_its_own_cache(sample_root, tmp_pa
     raw, _ = plain.entry(rec.rel)
     done, meta = clahe.entry(rec.rel)
     assert meta["preprocessing"] == "clahe"
-    expected = apply_preprocessing(np.array(raw).reshape(-1, 32, 32, 3), "clahe").reshape(raw.shape)
-    assert np.array_equal(np.array(done), expected) and not np.array_equal(np.array(done), np.array(raw))
+    # CLAHE runs on the crops before they are encoded: the stored frames are exactly the
+    # codec's round trip of CLAHE(crops), and differ from the plain cache's
+    crops, _ = video_crops(rec.path, 2, 3, 32, make_detector("haar"))
+    frames = apply_preprocessing(crops.reshape(-1, 32, 32, 3), "clahe")
+    expected = np.stack([codec.decode_frame(codec.encode_frame(f, "face", "clahe"), "face") for f in frames])
+    assert meta["codecs"]["face"] == ["jpeg", 88]  # CLAHE's crops need a higher quality for 40 dB
+    assert np.array_equal(done, expected.reshape(done.shape)) and not np.array_equal(done, raw)

@@ -112,10 +112,13 @@ def test_the_cache_keeps_the_views_side_by_side_and_redoes_an_entry_missing_one(
     rec = VideoRecord(path=str(clip), rel="a/v.mp4", label=1, group="v", split="val", has_audio=False)
     meta = extract_video(rec, cache, make_detector("haar"), decode_audio=False)
     assert cache.is_complete(rec.rel) and meta["views"] == list(STORED_VIEWS)
-    assert cache.view_path(rec.rel, "face").name == "a__v.npy"
-    assert cache.view_path(rec.rel, "native").name == "a__v.native.npy"
+    assert cache.view_path(rec.rel, "face").name == "a__v.face.frames"
+    assert cache.view_path(rec.rel, "native").name == "a__v.native.frames"
     native, _ = cache.entry(rec.rel, "native")
     face, _ = cache.entry(rec.rel, "face")
+    # CM's native view is stored losslessly: bit for bit the crops extraction cut
+    raw, _ = video_views(str(clip), 4, 3, S, make_detector("haar"), views=("native",))
+    np.testing.assert_array_equal(native, raw["native"])
     assert native.shape == (face.shape[0], 1, S, S, 3) and face.shape[1] == 3
     assert not np.array_equal(np.array(native[:, 0]), np.array(face[:, 1]))
     cache.view_path(rec.rel, "context").unlink()

@@ -18,8 +18,11 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give: every file we write gets the same mode
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Run `write(fileobj)` into a temp file beside `path`, fsync, then rename over `path`."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb",
+                 sync: bool = True) -> None:
+    """Run `write(fileobj)` into a temp file beside `path`, fsync, then rename over `path`.
+    `sync=False` skips the fsync, for a file whose loss another, synced file would reveal
+    (a face-cache view: its entry's json records its size and checksum)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,7 +34,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             write(f)
             f.flush()
             os.fchmod(f.fileno(), FILE_MODE)  # mkstemp makes 0600
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)

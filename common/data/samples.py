@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from common.data.audio import MEL_WINDOW, N_MELS, mel_window
 
@@ -37,23 +37,21 @@ class FaceSamples(Dataset):
         self.with_audio = with_audio
         self.videos: list = []      # (record, fps, centre frame index per point, audio present)
         points: list[int] = []      # sample points per video
-        self._offsets: list = []    # where each video's crops start in its .npy (None: use np.load)
         self.missing = 0
         for rec in records:
-            entry = cache.entry(rec.rel, view)
-            if entry is None:
+            # the index decides: an entry counts only while its video is on disk, unchanged
+            meta = cache.meta(rec.rel, rec.path)
+            if meta is None or view not in meta["views"]:
                 self.missing += 1
                 continue
-            crops, meta = entry
-            if crops.shape[1] < clip_len:
-                raise ValueError(f"cache holds runs of {crops.shape[1]} frames, model needs {clip_len}")
-            mid = crops.shape[1] // 2
+            stored = cache.run_length(view)
+            if stored < clip_len:
+                raise ValueError(f"cache holds runs of {stored} frames, model needs {clip_len}")
+            mid = stored // 2
             centres = [int(run[mid]) for run in meta["frame_indices"]]
             audio = bool(meta.get("audio", {}).get("present", False))
             self.videos.append((rec, float(meta["fps"]), centres, audio))
-            self._offsets.append(int(crops.offset) if isinstance(crops, np.memmap)
-                                 and crops.flags.c_contiguous else None)
-            points.append(crops.shape[0])
+            points.append(len(centres))
         # Items as two flat arrays, not a list of tuples: 120k videos x 32 points stay a few
         # MB per DataLoader worker instead of hundreds.
         self.item_video = np.repeat(np.arange(len(points), dtype=np.int32), points)
@@ -66,37 +64,47 @@ class FaceSamples(Dataset):
         return len(self.item_video)
 
     def __getitem__(self, key) -> dict:
+        return self._item(key)
+
+    def __getitems__(self, keys: list) -> list[dict]:
+        """A batch's items (the DataLoader asks for them together), their frames decoded
+        straight into one [B, T, S, S, 3] buffer, in shared memory inside a loader worker:
+        collate_samples hands that buffer on as the batch, with no copy. Only for frames served
+        as stored (the training and evaluation transform); otherwise item by item."""
+        t = self.transform
+        if not (getattr(t, "normalize", True) is False and getattr(t, "preprocessing", "") == "none"
+                and getattr(t, "image_size", None) == self.cache.crop_size):
+            return [self._item(k) for k in keys]
+        s = self.cache.crop_size
+        buf = _uint8_buffer((len(keys), self.clip_len, s, s, 3))
+        return [self._item(k, buf[n]) for n, k in enumerate(keys)]
+
+    def _item(self, key, out: torch.Tensor | None = None) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
         v, point = int(self.item_video[index]), int(self.item_point[index])
         rec, fps, centres, audio_present = self.videos[v]
-        sample = {"frames": self.transform(self._frames(v, rec.rel, point)),
-                  "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
+        if out is None:
+            frames = self.transform(self._frames(v, rec.rel, point))
+        else:  # as the transform gives them: a [T, 3, S, S] view of the stored order
+            self._frames(v, rec.rel, point, out.numpy())
+            frames = out.permute(0, 3, 1, 2)
+        sample = {"frames": frames, "label": torch.tensor(rec.label, dtype=torch.long), "video": rec.rel}
         if seed is not None:  # the augmentation's seed: drawn from on the training device
             sample["seed"] = torch.tensor(seed, dtype=torch.int64)
         if self.with_audio:
             sample.update(self._audio(rec.rel, centres[point] / max(fps, 1e-6), audio_present))
         return sample
 
-    def _frames(self, v: int, rel: str, point: int) -> np.ndarray:
-        """uint8 [clip_len, S, S, 3]: the clip_len frames centred in run `point`. Read with one
-        seek and read (a tenth of the cost of mapping the .npy for every sample); completeness
-        and shape were checked once, at construction."""
-        path = self.cache.view_path(rel, self.view)
-        t, s = self.cache.run_length(self.view), self.cache.crop_size
+    def _frames(self, v: int, rel: str, point: int, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [clip_len, S, S, 3]: the clip_len frames centred in run `point`, decoded here
+        (in the loader's worker) through the cache's one decoder, each frame checked against
+        its checksum (a damaged entry raises, and is redone by the next run)."""
+        t = self.cache.run_length(self.view)
         start = (t - self.clip_len + 1) // 2 if self.clip_len > 1 else t // 2
-        if self._offsets[v] is None:
-            run = np.load(path, mmap_mode="r")[point]
-            return np.array(run[start:start + self.clip_len])  # a writable copy, off the memmap
-        frame_bytes = s * s * 3
-        frames = np.empty((self.clip_len, s, s, 3), dtype=np.uint8)
-        with open(path, "rb", buffering=0) as f:
-            f.seek(self._offsets[v] + (point * t + start) * frame_bytes)
-            if f.readinto(frames) != frames.nbytes:
-                raise OSError(f"{path}: cache entry is shorter than its header says (rebuild it)")
-        return frames
+        return self.cache.read_frames(rel, self.view, point, start, self.clip_len, out)
 
     def _audio(self, rel: str, centre_s: float, present: bool) -> dict:
-        mel = np.load(self.cache.paths(rel)["mel"], mmap_mode="r") if present else None
+        mel = self.cache.read_mel(rel) if present else None
         if mel is None:
             window = np.zeros((N_MELS, MEL_WINDOW), dtype=np.float32)
         else:
@@ -113,11 +121,42 @@ def collate_samples(items: list[dict]) -> dict:
     device does it in common.training.engine.to_device for next to nothing."""
     batch = default_collate([{k: v for k, v in it.items() if k != "frames"} for it in items])
     frames = [it["frames"] for it in items]
-    if frames[0].dtype == torch.uint8 and frames[0].dim() == 4:
+    whole = _one_buffer(frames)
+    if whole is not None:  # FaceSamples.__getitems__ decoded them into one buffer already
+        batch["frames"] = whole
+    elif frames[0].dtype == torch.uint8 and frames[0].dim() == 4:
         batch["frames"] = default_collate([f.permute(0, 2, 3, 1) for f in frames]).permute(0, 1, 4, 2, 3)
     else:
         batch["frames"] = default_collate(frames)
     return batch
+
+
+def _uint8_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in a loader worker its storage is shared memory, as
+    default_collate allocates a batch there (sending it to the main process copies nothing)."""
+    elem = torch.empty(0, dtype=torch.uint8)
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+    return elem.new(storage).resize_(*shape)
+
+
+def _one_buffer(frames: list) -> torch.Tensor | None:
+    """The [B, T, 3, S, S] batch (channels-last strides) when the items' [T, 3, S, S] frames
+    are consecutive views of one whole [B, T, S, S, 3] buffer; else None."""
+    first = frames[0]
+    if not isinstance(first, torch.Tensor) or first.dtype != torch.uint8 or first.dim() != 4:
+        return None
+    storage, per = first.untyped_storage(), first.numel()
+    if storage.nbytes() != per * len(frames):
+        return None
+    for i, f in enumerate(frames):
+        if (f.untyped_storage().data_ptr() != storage.data_ptr() or f.storage_offset() != i * per
+                or f.shape != first.shape or not f.permute(0, 2, 3, 1).is_contiguous()):
+            return None
+    t, c, h, w = first.shape
+    whole = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (len(frames), t, h, w, c))
+    return whole.permute(0, 1, 4, 2, 3)
 
 
 class EpochSampler(Sampler):

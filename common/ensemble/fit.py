@@ -306,7 +306,7 @@ def run_fit(args) -> int:
     cache = make_cache(args.cache_dir, dataset, settings)
     summary = build_face_cache(val, cache, workers=args.workers, face_model=settings.face_model,
                                progress=sys.stderr.isatty())
-    usable = [r for r in val if cache.is_complete(r.rel)]
+    usable = [r for r in val if cache.is_complete(r.rel, r.path)]
     if len(usable) < len(val):
         log.warning("%d of %d validation videos have no face crops (skipped: %s)",
                     len(val) - len(usable), len(val), summary["skipped"] or summary["failed"])

@@ -2,22 +2,26 @@
 
 Layout under <root>/<dataset>_s<crop>_n<N>_t<T>_<detector>[_<preprocessing>]/, per video
 key (rel with "/" turned into "__", extension dropped):
-  <key>.npy       uint8 [K, T, S, S, 3] RGB face-view crops, K <= N: one run of T consecutive
-                  frames per sample point that shows a face (points without one are dropped)
-  <key>.<view>.npy  the same points in another view (common/faces/views.py: context, native), the
-                  run's centre frame only ([K, 1, S, S, 3]) unless a clip model reads it; the
-                  entry's meta lists its views, and an entry lacking one the cache stores is
-                  redone (the face crops of an older entry stay readable meanwhile)
-  <key>.mel.npy   float32 [N_MELS, F] log-mel of the whole track (only when audio present)
-  <key>.json      metadata, written last: its presence means the entry is complete
+  <key>.<view>.frames  the crops of one view (common/faces/views.py: face, context, native)
+                  in that view's codec, one frame at a time, in a checked container
+                  (common/faces/codec.py): K <= N sample points that show a face, each a run of
+                  T consecutive frames for a view a clip model reads, else the run's centre frame
+  <key>.mel.bin   float32 [N_MELS, F] log-mel of the whole track (only when audio present)
+  <key>.json      metadata, written last: its presence means the entry is complete. It records
+                  each file's size and crc32, the source video's size and mtime (an entry is
+                  used only while the dataset's video still has them) and a crc32 of itself
+  <key>.damaged.json  a reader found the entry truncated or corrupt: the next extraction
+                  redoes it (and counts and names it)
   <key>.skip.json the video was skipped (bad_video, no_face, few_faces); not retried while
                   the video file keeps its size and mtime, unless asked to
   <key>.lock      taken (flock) by the process extracting the video; never deleted
   preview.png     a contact sheet of some entries' crops, rows labelled real / fake
 Every file is written by common.data.atomic.atomic_write (a temp name unique to the
-process, fsync, rename), so a killed run leaves either a complete entry or one without
-json, which is redone; no process ever deletes another's files.
-Extraction itself is common/faces/extraction.py.
+process, then a rename); only the json is fsynced: a data file a crash lost or cut short
+no longer matches the size and crc32 the json holds, so the entry is redone. A killed run
+leaves either a complete entry or one without json, which is redone; no process ever
+deletes another's files. Entries of an older version (raw .npy arrays) are redone, their
+files removed. Extraction itself is common/faces/extraction.py.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,11 +40,14 @@ import numpy as np
 
 from common.data.atomic import atomic_write
 from common.errors import UserError, WriteError
+from common.faces import codec
 from common.faces.views import STORED_VIEWS, check_view, run_length
 from common.recipes import DEFAULTS
 
-CACHE_VERSION = 3  # 2: own detections only, points without a face dropped (K <= N runs);
-#                    3: boxes interpolated between agreeing detections (DETECT_STRIDE)
+CACHE_VERSION = 4  # 2: own detections only, points without a face dropped (K <= N runs);
+#                    3: boxes interpolated between agreeing detections (DETECT_STRIDE);
+#                    4: compressed views, sizes and checksums, the source's stamp
+LEGACY_SUFFIXES = (".npy", ".context.npy", ".native.npy", ".mel.npy")  # version <= 3 files
 AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
 
 
@@ -54,6 +62,17 @@ class NoFaceError(Exception):
 class CacheWriteError(WriteError):
     """Writing into the cache failed (full disk, quota, read-only folder). Not the video's
     fault: never recorded as a skipped video; the run stops, finished entries stay valid."""
+
+
+class CacheDamagedError(UserError):
+    """A reader found a cache entry truncated or corrupt. The entry is marked, and the next
+    `common.extract` or stage run re-extracts it."""
+
+    def __str__(self) -> str:
+        # Re-raised from a DataLoader worker, the message is the worker's whole traceback:
+        # its last line is ours.
+        text = super().__str__().strip()
+        return text.splitlines()[-1].split("CacheDamagedError: ", 1)[-1] if text else text
 
 
 def cache_key(dataset: str, crop_size: int, frames_per_video: int, clip_len: int,
@@ -84,10 +103,10 @@ def file_stamp(path: str) -> list | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def write_file(path: Path, write: Callable[[Any], None]) -> None:
+def write_file(path: Path, write: Callable[[Any], None], sync: bool = True) -> None:
     """The checkpoints' atomic writer; a failure is the cache's (CacheWriteError)."""
     try:
-        atomic_write(path, write)
+        atomic_write(path, write, sync=sync)
     except (OSError, UserError) as exc:
         raise CacheWriteError(f"cannot write the face cache in {path.parent}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from exc
@@ -95,6 +114,17 @@ def write_file(path: Path, write: Callable[[Any], None]) -> None:
 
 def write_json(path: Path, obj: dict) -> None:
     write_file(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def _write_bytes(f: Any, blob: bytes) -> None:
+    """Every data file of an entry is written here (one name for tests to fault)."""
+    f.write(blob)
+
+
+def _self_check(meta: dict) -> int:
+    """crc32 of the meta without its "check": a json changed in any value fails it."""
+    body = {k: v for k, v in meta.items() if k != "check"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 class FaceCache:
@@ -121,67 +151,155 @@ class FaceCache:
 
     def paths(self, rel: str) -> dict[str, Path]:
         k = video_key(rel)
-        out = {"crops": self.dir / f"{k}.npy", "mel": self.dir / f"{k}.mel.npy",
-               "meta": self.dir / f"{k}.json", "skip": self.dir / f"{k}.skip.json"}
-        out.update({f"crops_{v}": self.view_path(rel, v) for v in self.views if v != "face"})
+        out = {"mel": self.dir / f"{k}.mel.bin", "meta": self.dir / f"{k}.json",
+               "skip": self.dir / f"{k}.skip.json", "damaged": self.dir / f"{k}.damaged.json"}
+        out.update({f"view_{v}": self.view_path(rel, v) for v in self.views})
         return out
+
+    def legacy_paths(self, rel: str) -> list[Path]:
+        """The files of a version <= 3 entry (raw .npy): removed when the entry is redone."""
+        return [self.dir / f"{video_key(rel)}{suffix}" for suffix in LEGACY_SUFFIXES]
 
     def run_length(self, view: str = "face") -> int:
         """Frames per sample point stored in a view: clip_len, or 1 (views.run_length)."""
         return run_length(view, self.clip_len)
 
     def view_path(self, rel: str, view: str = "face") -> Path:
-        """The .npy of one view: <key>.npy for face (the format before views), else <key>.<view>.npy."""
-        k = video_key(rel)
-        return self.dir / (f"{k}.npy" if check_view(view) == "face" else f"{k}.{view}.npy")
+        return self.dir / f"{video_key(rel)}.{check_view(view)}.frames"
 
     def lock_path(self, rel: str) -> Path:
         return self.dir / f"{video_key(rel)}.lock"
 
-    def meta(self, rel: str) -> dict | None:
-        """The entry's json, or None when the entry is not complete (or of an older format)."""
+    def state(self, rel: str, source: str | None = None) -> str:
+        """ok | absent (no json) | old (an older format) | damaged (a file truncated or
+        changed, the json itself corrupt, or a reader marked it) | stale (the source video
+        at `source` is gone or changed since) | partial (lacks a view this cache stores)."""
+        meta, why = self._load_meta(rel, source)
+        if meta is None:
+            return why
+        return "ok" if all(v in meta["views"] for v in self.views) else "partial"
+
+    def meta(self, rel: str, source: str | None = None) -> dict | None:
+        """The entry's json when the entry is whole (every file as recorded) and, given the
+        source video's path, still of that video; else None."""
+        return self._load_meta(rel, source)[0]
+
+    def _load_meta(self, rel: str, source: str | None) -> tuple[dict | None, str]:
         p = self.paths(rel)
         try:
-            meta = json.loads(p["meta"].read_text())
-        except (OSError, ValueError):
-            return None
-        # an entry of an older format (version 1 reused a real's boxes for its fakes) is redone
-        if meta.get("version", CACHE_VERSION) != CACHE_VERSION:
-            return None
-        if not all(self.view_path(rel, v).is_file() for v in meta.get("views", ("face",))):
-            return None
-        if meta.get("audio", {}).get("present") and not p["mel"].is_file():
-            return None
+            text = p["meta"].read_text()
+        except OSError:
+            return None, "absent"
+        try:
+            meta = json.loads(text)
+            version = meta.get("version")
+        except (ValueError, AttributeError):
+            return None, "damaged"
+        # older versions: raw arrays (1 also reused a real's boxes for its fakes)
+        if version != CACHE_VERSION:
+            return None, "old"
+        if meta.get("check") != _self_check(meta) or p["damaged"].exists():
+            return None, "damaged"
+        for name, check in meta["files"].items():
+            stamp = file_stamp(str(self.dir / name))
+            if stamp is None or stamp[0] != check["size"]:
+                return None, "damaged"
+        if source is not None:
+            stamp = file_stamp(source)
+            if stamp is None or stamp != meta["source"]:
+                return None, "stale"
+        return meta, "ok"
+
+    def is_complete(self, rel: str, source: str | None = None) -> bool:
+        """The entry is whole, holds every view this cache stores and (given `source`) is
+        of that video as it is now; else extraction redoes it."""
+        return self.state(rel, source) == "ok"
+
+    def write_entry(self, rel: str, crops: dict[str, np.ndarray], mel: np.ndarray | None,
+                    meta: dict) -> dict:
+        """Encode and write one video's views (and mel), then its json (the commit point),
+        with each file's size and crc32. Call only while holding the video's lock."""
+        p = self.paths(rel)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for old in (p["meta"], p["skip"], p["damaged"], *self.legacy_paths(rel)):
+                old.unlink(missing_ok=True)  # ours to redo: the caller holds the video's lock
+        except OSError as exc:
+            raise CacheWriteError(f"cannot write the face cache in {self.dir}: "
+                                  f"{exc.strerror or exc}") from exc
+        files = {}
+        blobs = {self.view_path(rel, v): codec.encode_view(c, v, self.preprocessing) for v, c in crops.items()}
+        if mel is not None:
+            blobs[p["mel"]] = codec.encode_array(mel)
+        for path, blob in blobs.items():
+            write_file(path, lambda f, b=blob: _write_bytes(f, b), sync=False)
+            files[path.name] = {"size": len(blob), "crc32": zlib.crc32(blob)}
+        meta = {**meta, "version": CACHE_VERSION, "views": list(crops), "files": files,
+                "codecs": {v: list(codec.codec_of(v, self.preprocessing)) for v in crops}}
+        meta["check"] = _self_check(meta)
+        write_json(p["meta"], meta)
         return meta
 
-    def is_complete(self, rel: str) -> bool:
-        """The entry holds every view this cache stores (else extraction redoes it)."""
-        meta = self.meta(rel)
-        return meta is not None and all(self._has_view(rel, meta, v) for v in self.views)
-
-    def _has_view(self, rel: str, meta: dict, view: str) -> bool:
-        return view in meta.get("views", ("face",)) and self.view_path(rel, view).is_file()
-
-    def entry(self, rel: str, view: str = "face") -> tuple[np.ndarray, dict] | None:
-        """(read-only memmap uint8 [K, T, S, S, 3] of the view, meta) or None if not
-        (completely) cached."""
-        meta = self.meta(rel)
-        if meta is None or not self._has_view(rel, meta, view):
+    def entry(self, rel: str, view: str = "face", source: str | None = None) -> tuple[np.ndarray, dict] | None:
+        """(uint8 [K, T, S, S, 3] of the view, decoded, meta) or None if not (completely,
+        soundly) cached."""
+        meta = self.meta(rel, source)
+        if meta is None or view not in meta["views"]:
             return None
+        k, t = len(meta["frame_indices"]), self.run_length(view)
         try:
-            crops = np.load(self.view_path(rel, view), mmap_mode="r")
+            frames = codec.read_frames(self.view_path(rel, view), view, 0, k * t)
         except (OSError, ValueError):
             return None
-        ok = (crops.ndim == 5 and crops.shape[1:] == (self.run_length(view), *self.shape[2:])
-              and 1 <= crops.shape[0] == len(meta.get("frame_indices", ())))
-        return (crops, meta) if ok else None
+        return frames.reshape(k, t, *frames.shape[1:]), meta
+
+    def read_frames(self, rel: str, view: str, point: int, start: int, count: int,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [count, S, S, 3]: frames start.. of sample point `point` in a view, checked
+        and decoded (the one decoder of training, validation, evaluate and predict). A
+        truncated or corrupt entry is marked for re-extraction and raises CacheDamagedError.
+        `out`: a uint8 [count, S, S, 3] array to decode into (and return)."""
+        first = point * self.run_length(view) + start
+        try:
+            return codec.read_frames(self.view_path(rel, view), view, first, count, out)
+        except (OSError, ValueError) as exc:
+            raise self._damaged(rel, exc) from None
+
+    def read_mel(self, rel: str) -> np.ndarray:
+        """float32 [N_MELS, F]: the entry's log-mel, checked (CacheDamagedError as read_frames)."""
+        try:
+            return codec.read_array(self.paths(rel)["mel"])
+        except (OSError, ValueError) as exc:
+            raise self._damaged(rel, exc) from None
 
     def mel(self, rel: str) -> np.ndarray | None:
         """float32 [N_MELS, F] log-mel of the video, or None when it has no usable audio."""
         meta = self.meta(rel)
         if meta is None or not meta["audio"]["present"]:
             return None
-        return np.load(self.paths(rel)["mel"])
+        return self.read_mel(rel)
+
+    def verify(self, rel: str) -> bool:
+        """Every file of a whole entry read back against the crc32 its json recorded; a
+        mismatch marks the entry damaged. False when it is not whole."""
+        meta = self.meta(rel)
+        if meta is None:
+            return False
+        for name, check in meta["files"].items():
+            if codec.file_check(self.dir / name) != check:
+                self._damaged(rel, OSError(f"{name}: checksum differs"))
+                return False
+        return True
+
+    def _damaged(self, rel: str, exc: Exception) -> CacheDamagedError:
+        """Mark the entry (best effort: a read-only cache still gets the error) -> the error."""
+        why = " ".join(str(exc).split())
+        try:
+            write_json(self.paths(rel)["damaged"], {"reason": why})
+        except CacheWriteError:
+            pass
+        return CacheDamagedError(f"face cache entry of {rel} is damaged ({why}); it is marked, and "
+                                 "the next `common.extract` or stage run re-extracts it")
 
     def skip_reason(self, record: Any) -> str | None:
         """Why an earlier run skipped this video, if the file has not changed since."""
@@ -195,7 +313,7 @@ class FaceCache:
         """Temp files a killed writer left for this video. Call only while holding its lock:
         every writer of these files holds it, so none of them is still being written."""
         n = 0
-        for target in self.paths(rel).values():
+        for target in [*self.paths(rel).values(), *self.legacy_paths(rel)]:
             prefix = glob.escape(str(target.parent / f".{target.name}."))
             for stale in glob.glob(prefix + "*tmp*"):
                 Path(stale).unlink(missing_ok=True)

@@ -24,10 +24,10 @@ import numpy as np
 
 from common.data.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
 from common.errors import UserError
-from common.faces.cache import (AUDIO_FAILED, CACHE_VERSION, CacheWriteError, FaceCache, NoFaceError, file_stamp,
-                                shard_of, write_file, write_json)
+from common.faces.cache import AUDIO_FAILED, CacheWriteError, FaceCache, NoFaceError, file_stamp, shard_of, write_json
 from common.faces.crops import detect_and_crop
 from common.faces.detectors import BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE, make_detector
+from common.faces.plan import check_space, sort_records
 from common.faces.pool import WorkerDiedError, _Job, _results  # noqa: F401 (WorkerDiedError re-exported)
 from common.faces.video import BadVideoError, count_frames, probe, sample_points
 from common.faces.views import CONTEXT_SCALE, GRID, STORED_VIEWS, check_view
@@ -147,8 +147,9 @@ def _audio(record: Any, info, decode_audio: bool) -> tuple[dict, np.ndarray | No
 def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = True,
                   source_meta: dict | None = None) -> dict:
     """Crop every view the cache stores (video_views), preprocess, decode the audio and write
-    one video's entry; returns its meta. Raises BadVideoError or NoFaceError. (source_meta is ignored: fakes are
-    detected on their own frames; the parameter stays for old callers.)"""
+    one video's entry (FaceCache.write_entry: encoded, checked); returns its meta. Raises
+    BadVideoError or NoFaceError. (source_meta is ignored: fakes are detected on their own
+    frames; the parameter stays for old callers.)"""
     t0 = time.perf_counter()
     info = probe(record.path)
     crops, face_meta = video_views(record.path, cache.frames_per_video, cache.clip_len,
@@ -159,25 +160,12 @@ def extract_video(record: Any, cache: FaceCache, detector, decode_audio: bool = 
 
         crops = {v: apply_preprocessing(c.reshape(-1, *c.shape[2:]), cache.preprocessing).reshape(c.shape)
                  for v, c in crops.items()}
-    p = cache.paths(record.rel)
-    try:
-        cache.dir.mkdir(parents=True, exist_ok=True)
-        p["meta"].unlink(missing_ok=True)  # ours to redo: the caller holds the video's lock
-        p["skip"].unlink(missing_ok=True)
-    except OSError as exc:
-        raise CacheWriteError(f"cannot write the face cache in {cache.dir}: "
-                              f"{exc.strerror or exc}") from exc
-    for view, c in crops.items():
-        write_file(cache.view_path(record.rel, view), lambda f, c=c: np.save(f, c))
-    if mel is not None:
-        write_file(p["mel"], lambda f: np.save(f, mel))
-    meta = {"version": CACHE_VERSION, "rel": record.rel, "label": int(record.label),
+    meta = {"rel": record.rel, "label": int(record.label), "source": file_stamp(record.path),
             **face_meta, "boxes_from": None, "crop_size": cache.crop_size,
             "clip_len": cache.clip_len, "frames_per_video": cache.frames_per_video,
             "detector": cache.detector, "preprocessing": cache.preprocessing, "audio": audio,
             "seconds": round(time.perf_counter() - t0, 4)}
-    write_json(p["meta"], meta)  # the commit point
-    return meta
+    return cache.write_entry(record.rel, crops, mel, meta)
 
 
 # ----------------------------------------------------------------------------- one job (pool.py runs them)
@@ -201,7 +189,7 @@ def _run_job(job: _Job, stop: Callable[[], bool] | None = None) -> tuple[str, st
         with cache.locked(rec.rel, stop) as got:  # another process may hold it: wait, reuse
             if not got:
                 return rec.rel, "stopped", ""
-            if cache.is_complete(rec.rel):
+            if cache.is_complete(rec.rel, rec.path):
                 return rec.rel, "cached", ""
             cache.remove_stale_temps(rec.rel)
             reason = None if job.retry_skipped else cache.skip_reason(rec)
@@ -236,9 +224,11 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     filling the same cache (each video is extracted once, under its lock).
 
     Returns {"total", "done", "cached", "skipped": {reason: n}, "failed": [(rel, reason)],
-    "audio_failed", "stopped", "seconds", "shard", "cache_dir"}. `should_stop()` is polled
-    while waiting: True ends the build within a fraction of a second (a SIGTERM), with
-    "stopped" set. A failed write into the cache raises CacheWriteError; a worker dying
+    "audio_failed", "repaired": [rel] (damaged entries redone), "outdated", "changed"
+    (plan.sort_records), "plan" (videos, bytes, free), "stopped", "seconds", "shard",
+    "cache_dir"}. Refuses (CacheSpaceError) when the estimate will not fit on the disk.
+    `should_stop()` is polled while waiting: True ends the build within a fraction of a
+    second (a SIGTERM), with "stopped" set. A failed write into the cache raises CacheWriteError; a worker dying
     twice on one video raises WorkerDiedError (a CacheWriteError).
     """
     from tqdm import tqdm
@@ -248,11 +238,7 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
         raise UserError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     make_detector(cache.detector, face_model, max_side=detect_max_side)  # fail early (exit 2)
     t0 = time.perf_counter()
-    mine = list({r.rel: r for r in records if shard_of(r, n) == i}.values())
-    summary: dict = {"total": len(mine), "done": 0, "reused_boxes": 0, "cached": 0,
-                     "skipped": Counter(), "failed": [], "audio_failed": 0, "stopped": False,
-                     "shard": [i, n], "cache_dir": str(cache.dir)}
-    pending, missing = _sort_records(mine, cache, retry_skipped, summary)
+    summary, mine, pending, missing = plan_extraction(records, cache, shard, retry_skipped)
     _prepare_cache(cache, pending, missing)
     model = face_model if cache.detector == "yunet" else None
     jobs = [_Job(rec, cache, cache.detector, None if model is None else str(model), detect_max_side,
@@ -267,25 +253,18 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     return summary
 
 
-def _sort_records(mine: list, cache: FaceCache, retry_skipped: bool,
-                  summary: dict) -> tuple[list, list]:
-    """This shard's records -> (pending: to extract, missing: listed but not on disk); those
-    already cached or skipped are only counted in summary."""
-    pending, missing = [], []
-    for rec in mine:
-        if cache.is_complete(rec.rel):
-            summary["cached"] += 1
-            continue
-        if not os.path.exists(rec.path):  # listed by the dataset, not on disk
-            summary["skipped"]["missing"] += 1
-            missing.append(rec)
-            continue
-        reason = None if retry_skipped else cache.skip_reason(rec)
-        if reason:
-            summary["skipped"][reason] += 1
-            continue
-        pending.append(rec)
-    return pending, missing
+def plan_extraction(records: Iterable[Any], cache: FaceCache, shard: tuple[int, int] = (0, 1),
+                    retry_skipped: bool = False) -> tuple[dict, list, list, list]:
+    """(summary so far, this shard's records, pending, missing), the disk estimate in
+    summary["plan"]; writes nothing. CacheSpaceError when the pending ones will not fit."""
+    i, n = shard
+    mine = list({r.rel: r for r in records if shard_of(r, n) == i}.values())
+    summary: dict = {"total": len(mine), "done": 0, "reused_boxes": 0, "cached": 0,
+                     "skipped": Counter(), "failed": [], "audio_failed": 0, "repaired": [],
+                     "stopped": False, "shard": [i, n], "cache_dir": str(cache.dir)}
+    pending, missing = sort_records(mine, cache, retry_skipped, summary)
+    summary["plan"] = check_space(cache, pending)
+    return summary, mine, pending, missing
 
 
 def _prepare_cache(cache: FaceCache, pending: list, missing: list) -> None:

@@ -30,7 +30,7 @@ def contact_sheet(cache: FaceCache, records: Sequence[Any], per_label: int = 4,
     rng = random.Random(seed)
     rows = []
     for label, name in ((0, "REAL"), (1, "FAKE")):
-        have = [r for r in records if r.label == label and cache.entry(r.rel) is not None]
+        have = [r for r in records if r.label == label and cache.meta(r.rel) is not None]
         for r in rng.sample(have, min(per_label, len(have))):
             crops, _ = cache.entry(r.rel)
             margin = np.full((TILE, 150, 3), 255, np.uint8)

@@ -41,7 +41,7 @@ def tensorboard_writer(paths, dist_info):
 
 
 def missing_rels(records, cache) -> set[str]:
-    return {r.rel for r in records if not cache.is_complete(r.rel)}
+    return {r.rel for r in records if not cache.is_complete(r.rel, r.path)}  # the index decides
 
 
 def skipped_path(paths) -> Path:

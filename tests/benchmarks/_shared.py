@@ -22,6 +22,16 @@ DEFAULT_VIDEO_DIR = os.environ.get("BENCH_VIDEO_DIR", "/tmp/bench_videos")
 DEFAULT_CACHE_DIR = os.environ.get("BENCH_CACHE_DIR", "/tmp/bench_cache")
 
 
+def realdata_dir() -> Path | None:
+    """The real videos' folder: $DEEPFAKE_REALDATA_DIR, else ../shared/realdata beside the
+    repository; None where absent (the benchmark then skips them). The one place it is looked up."""
+    env = os.environ.get("DEEPFAKE_REALDATA_DIR")
+    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "realdata"]:
+        if base.is_dir():
+            return base
+    return None
+
+
 # ----------------------------------------------------------------------------- conditions
 
 def conditions(**extra) -> dict:
@@ -142,39 +152,45 @@ def face_crops(n_points: int, clip_len: int, size: int, seed: int = 0) -> np.nda
 
 
 def write_fake_cache(cache, n_videos: int, seed: int = 0, crops: np.ndarray | None = None,
-                     fps: float = 30.0) -> list:
-    """Complete FaceCache entries (.npy + .json, the layout common.faces.cache writes) for
-    n_videos synthetic videos, half real and half fake; returns their VideoRecords.
-    Entries already there are kept. All videos share one crop array (content does not
-    change the cost of reading or augmenting it)."""
+                     fps: float = 30.0, audio: bool = False) -> list:
+    """Complete FaceCache entries (written by FaceCache.write_entry: the real format, every
+    view the cache stores, encoded) for n_videos synthetic videos, half real and half fake;
+    returns their VideoRecords, whose source files are empty stand-ins under the cache root
+    (an entry counts only while its source exists, unchanged). Entries already there are
+    kept. All videos share one crop array (content does not change the cost of reading).
+    `audio`: each entry also has a 10 s log-mel, as AV reads it."""
     from common.data.datasets import VideoRecord
-    from common.faces.cache import CACHE_VERSION
+    from common.faces.cache import file_stamp
     n, t, s = cache.frames_per_video, cache.clip_len, cache.crop_size
     if crops is None:
         crops = face_crops(n, t, s, seed)
-    cache.dir.mkdir(parents=True, exist_ok=True)
+    views = {v: crops if cache.run_length(v) == t else np.ascontiguousarray(crops[:, t // 2:t // 2 + 1])
+             for v in cache.views}
     n_frames = int(10 * fps)
     starts = [int(round(i * (n_frames - t) / max(1, n - 1))) for i in range(n)]
+    mel = np.random.default_rng(seed).uniform(-1, 1, (64, 1001)).astype(np.float32) if audio else None
     records = []
     for v in range(n_videos):
         rel = f"bench/v{v:06d}.mp4"
         label = v % 2
-        rec = VideoRecord(path=f"/nonexistent/{rel}", rel=rel, label=label, group=f"g{v // 2}",
-                          split="train", has_audio=False,
+        source = cache.root / "bench-sources" / rel
+        if not source.is_file():
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_bytes(b"")
+        rec = VideoRecord(path=str(source), rel=rel, label=label, group=f"g{v // 2}",
+                          split="train", has_audio=audio,
                           source=f"bench/v{v - 1:06d}.mp4" if label else None)
         records.append(rec)
-        paths = cache.paths(rel)
-        if paths["meta"].is_file():
+        if cache.is_complete(rel, rec.path):
             continue
-        np.save(paths["crops"], crops)
-        meta = {"version": CACHE_VERSION, "rel": rel, "label": label,
+        meta = {"rel": rel, "label": label, "source": file_stamp(rec.path),
                 "frame_indices": [list(range(st, st + t)) for st in starts],
                 "boxes": [[800, 360, 1120, 680]] * n, "detected": [True] * n, "boxes_from": None,
                 "fps": fps, "n_frames": n_frames, "width": 1920, "height": 1080,
                 "duration_s": n_frames / fps, "crop_size": s, "clip_len": t,
                 "frames_per_video": n, "detector": cache.detector,
-                "audio": {"present": False, "hop_s": 0.01, "n_frames": 0}}
-        paths["meta"].write_text(json.dumps(meta))
+                "audio": {"present": audio, "hop_s": 0.01, "n_frames": 1001 if audio else 0}}
+        cache.write_entry(rel, views, mel, meta)
     return records
 
 

@@ -3,9 +3,11 @@ the on-device augmentation's cost, against the model's train step on the same ma
 
     python -m tests.benchmarks.bench_loader [--rounds 2] [--backbone efficientnet_b4]
 
-Side by side, order rotating per round: one worker (as common.training.stage_data builds it: read the
-uint8 crops, collate; the stage's CLAHE / bilateral filter are in the cache already) for
-{single frame, TM clip}; the stage's ClipAugmenter on a batch (common.training.augment: it runs on the
+Side by side, order rotating per round: one worker (as common.training.stage_data builds it: read
+the cached frames, check and decode them (common/faces/codec.py), collate; the stage's CLAHE /
+bilateral filter are in the cache already) for a single frame of the native view (CM's
+lossless WebP: the dearest single-frame decode; BG's and RR's JPEG frames cost less) and a
+clip of the face view with its log-mel window (TM's JPEG clip plus what AV reads beside it); the stage's ClipAugmenter on a batch (common.training.augment: it runs on the
 training device, here the CPU); and one optimiser step of the student (BG for single frames,
 TM for clips) on a batch of the same size. From the worker rates it sizes the loader of an
 8-GPU box for the assumed per-GPU rate (--gpu-images-per-s; NOT measured here: see
@@ -58,7 +60,7 @@ def worker_rate(dataset, batch_size: int, batches: int, seed: int) -> float:
     return n / dt
 
 
-def core_rate(dataset, n: int, seed: int) -> float:
+def core_rate(dataset, n: int, seed: int, batch_size: int) -> float:
     """Samples per CPU-second of what a worker does (items with their seeds, then collate),
     here in this process with one torch and one OpenCV thread, as in a worker. CPU time
     is what a core of its own would need: on a shared machine wall time also counts the
@@ -74,7 +76,8 @@ def core_rate(dataset, n: int, seed: int) -> float:
     try:
         keys = list(EpochSampler(dataset.labels, seed=seed, shuffle=True))[:n]
         c0 = time.process_time()
-        collate_samples([dataset[k] for k in keys])
+        for b in range(0, len(keys), batch_size):  # as a worker asks: a batch's items together
+            collate_samples(dataset.__getitems__(keys[b:b + batch_size]))
         return len(keys) / max(1e-9, time.process_time() - c0)
     finally:
         torch.set_num_threads(threads)
@@ -107,18 +110,20 @@ def run(args) -> dict:
     torch.set_num_threads(args.model_threads)
     cache = FaceCache(args.cache_dir, "bench_loader", args.image_size, args.points, args.clip_len,
                       "haar")
-    records = S.write_fake_cache(cache, args.videos)
+    records = S.write_fake_cache(cache, args.videos, audio=True)
     stages = [RECIPES[s] for s in (args.stages or list(RECIPES))]
     kinds = {"frame": 1, "clip": args.clip_len}
+    reads = {"frame": ("native", False), "clip": ("face", True)}  # (view, with its log-mel)
     batch_of = {"frame": args.model_batch, "clip": args.model_clip_batch}
 
     fns = {}
     for kind, clip in kinds.items():
         # As common.training.stage_data.samples_for: the same worker for every stage.
         ds = FaceSamples(records, cache, clip_len=clip,
-                         transform=ClipTransform(args.image_size, preprocessing="none", normalize=False))
+                         transform=ClipTransform(args.image_size, preprocessing="none", normalize=False),
+                         view=reads[kind][0], with_audio=reads[kind][1])
         fns[f"worker/{kind}"] = lambda ds=ds: worker_rate(ds, args.batch_size, args.batches, 0)
-        fns[f"core/{kind}"] = lambda ds=ds: core_rate(ds, args.batch_size * args.batches, 1)
+        fns[f"core/{kind}"] = lambda ds=ds: core_rate(ds, args.batch_size * args.batches, 1, args.batch_size)
         frames = torch.randint(0, 256, (batch_of[kind], clip, 3, args.image_size, args.image_size),
                                dtype=torch.uint8)
         seeds = torch.arange(batch_of[kind], dtype=torch.int64)
@@ -171,7 +176,9 @@ def run(args) -> dict:
             loader_batch_size=args.batch_size, batches_timed=args.batches, rounds=args.rounds,
             model_batch=batch_of,
             cache_entries=f"{args.videos} synthetic videos, [{args.points}, {args.clip_len}, "
-                          f"{args.image_size}, {args.image_size}, 3] uint8 each",
+                          f"{args.image_size}, {args.image_size}, 3] crops each, in the cache's "
+                          "codecs (frame: the native view, lossless WebP; clip: the face view, "
+                          "JPEG, with a 10 s log-mel)",
             gpu_assumption=GPU_ASSUMPTION, gpu_images_per_s=args.gpu_images_per_s,
             model_step=f"AdamW, cross-entropy, fp32 on the CPU ({args.model_threads} torch "
                        "thread(s)), random input, after one warm-up",

@@ -4,7 +4,8 @@
 
 The same synthetic face videos (common.data.synthetic.face_video) are written twice, at H.264
 CRF 18 (label 0) and CRF 35 (label 1). Both views come from one extraction (the one face path,
-Haar boxes). Two CM students with the same seed, backbone, batches and steps are trained, one
+Haar boxes), each through its face-cache codec as training reads it (common/faces/codec.py:
+face JPEG, native lossless). Two CM students with the same seed, backbone, batches and steps are trained, one
 on each view with that view's stage-1 augmentation (augment.view_level), and scored on held-out
 sources (both codings of a source are on the same side of the split), once per seed. Figures:
 the mean video and frame AUCs of each view side by side, and native minus face. The verdict:
@@ -57,9 +58,13 @@ def _vary(clip: np.ndarray, seed: int) -> np.ndarray:
 def make_views(work: Path, sources: int, frames: int, size: tuple[int, int], crfs: tuple[int, int],
                points: int, crop: int) -> dict:
     """{view: (crops [V, points, S, S, 3], labels [V], source [V])} for face and native."""
-    from common.faces.extraction import video_views
-    from common.faces.detectors import make_detector
     from common.data.synthetic import face_video
+    from common.faces import codec
+    from common.faces.detectors import make_detector
+    from common.faces.extraction import video_views
+
+    def stored(frames: np.ndarray, view: str) -> np.ndarray:  # what the cache gives back
+        return np.stack([codec.decode_frame(codec.encode_frame(f, view), view) for f in frames])
 
     det = make_detector("haar")
     out: dict = {"face": [], "native": [], "label": [], "source": []}
@@ -71,8 +76,8 @@ def make_views(work: Path, sources: int, frames: int, size: tuple[int, int], crf
             crops, _ = video_views(str(path), points, 1, crop, det, views=("face", "native"))
             if len(crops["face"]) < points:  # a point without a face: keep the sets aligned
                 continue
-            out["face"].append(crops["face"][:, 0])
-            out["native"].append(crops["native"][:, 0])
+            out["face"].append(stored(crops["face"][:, 0], "face"))
+            out["native"].append(stored(crops["native"][:, 0], "native"))
             out["label"].append(label)
             out["source"].append(s)
     return {k: np.stack(v) if k in ("face", "native") else np.array(v) for k, v in out.items()}

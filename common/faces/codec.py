@@ -1,0 +1,173 @@
+"""How the face cache stores pixels: one codec per view, frames packed in a checked container.
+
+Chosen by measurement (README, "Face cache on disk"; tests/benchmarks/bench_cache.py) on the
+crops of the real FF++ videos at the defaults (224 px, 32 points, runs of 8):
+  face     JPEG quality 83, 4:2:0, optimised Huffman tables: 1.86 MB per video (15 MB as
+           lossless PNG, 38.5 MB raw); PSNR against the raw crop 41.3-43.2 dB per video,
+           40.0 dB on its worst frame (quality 85: 1.96 MB, 41.7 dB; 80: 1.70 MB, but 39.5 dB
+           on its worst frame)
+  context  JPEG quality 95: 0.50 MB; 42.0-44.6 dB per video, 41.0 dB worst frame (the scene
+           holds more fine detail than a face: quality 85 gave 38 dB there)
+  native   lossless WebP (Pillow, method 0): bit-exact, CM reads the codec's own 8-px grid;
+           1.63 MB (PNG 1.94 MB; WebP's slowest method 1.46 MB at 18x the encode time)
+  mel      the float32 log-mel as it is (its shape, then its bytes)
+A stage's CLAHE, applied before encoding (Celeb-DF's cache), sharpens local contrast: the face
+view then needs quality 88 for 40 dB (40.3 dB worst video; 83 gave 39.3). DFDC's CLAHE +
+bilateral filter keeps 83 (40.2 dB). Such caches are larger (PREPROCESSING_GROWTH).
+Every view is encoded one frame at a time: any frame decodes alone, so a sample reads only
+its own frames.
+
+Container (<key>.<view>.frames, <key>.mel.bin): MAGIC, u32 count, count x (u32 length, u32
+crc32), then the payloads back to back. The per-payload crc32 catches a corrupt frame where
+it is read; the header's lengths must add up to the file's size, which catches truncation.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+MAGIC = b"DFC1"
+_HEAD = struct.Struct("<4sI")
+_ITEM = struct.Struct("<II")
+VIEW_CODECS = {"face": ("jpeg", 83), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
+QUALITY_WITH = {("face", "clahe"): 88}  # (view, preprocessing) -> JPEG quality, where it differs
+# Measured bytes per stored pixel at the defaults (above), with ~10 % headroom: the disk
+# estimate printed before extraction (estimate_entry_bytes).
+BYTES_PER_PIXEL = {"face": 0.16, "context": 0.34, "native": 1.15}
+MEL_BYTES_PER_S = 26_000  # 64 mels x 100 frames/s x float32, + header
+# Bytes of a preprocessed cache over a plain one, measured at the defaults (with its quality):
+# CLAHE 5.1 MB on the real videos at quality 83 against 4.0 plain, x ~1.08 for quality 88;
+# CLAHE + bilateral 4.03 MB against 3.27 on the synthetic 1080p video.
+PREPROCESSING_GROWTH = {"none": 1.0, "clahe": 1.4, "clahe_bilateral": 1.25}
+
+
+class DamagedEntryError(OSError):
+    """A cache file does not match what its entry recorded (truncated or corrupt)."""
+
+
+def codec_of(view: str, preprocessing: str = "none") -> tuple[str, int]:
+    """(codec, quality) of a view in a cache with this preprocessing."""
+    kind, quality = VIEW_CODECS[view]
+    return kind, QUALITY_WITH.get((view, preprocessing), quality)
+
+
+def encode_frame(frame: np.ndarray, view: str, preprocessing: str = "none") -> bytes:
+    """One uint8 [S, S, 3] RGB frame in its view's codec."""
+    kind, quality = codec_of(view, preprocessing)
+    if kind == "webp_lossless":  # Pillow: OpenCV cannot choose WebP's (fastest) method 0
+        from PIL import Image
+
+        out = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame)).save(out, "WEBP", lossless=True, method=0,
+                                                          quality=quality)
+        return out.getvalue()
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, 1])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_frame(data: bytes, view: str) -> np.ndarray:
+    """The inverse of encode_frame: uint8 [S, S, 3] RGB. The one decoder every reader uses
+    (OpenCV for both codecs; decoding straight to RGB halves a JPEG frame's cost against
+    decoding to BGR and swapping the channels after)."""
+    import cv2
+
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10
+    buf = np.frombuffer(data, np.uint8)
+    img = cv2.imdecode(buf, rgb) if rgb is not None else cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DamagedEntryError("a frame does not decode")
+    return img if rgb is not None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def pack(payloads: Sequence[bytes]) -> bytes:
+    """The container of these payloads (header with lengths and crc32s, then the payloads)."""
+    head = _HEAD.pack(MAGIC, len(payloads))
+    items = b"".join(_ITEM.pack(len(p), zlib.crc32(p)) for p in payloads)
+    return head + items + b"".join(payloads)
+
+
+def encode_view(crops: np.ndarray, view: str, preprocessing: str = "none") -> bytes:
+    """uint8 [K, T, S, S, 3] -> container bytes, frames in (point, t) order."""
+    return pack([encode_frame(f, view, preprocessing) for f in crops.reshape(-1, *crops.shape[-3:])])
+
+
+def encode_array(arr: np.ndarray) -> bytes:
+    """A float32 2-D array (the log-mel) as a one-payload container: its two dimensions
+    (u32 each), then its C-order bytes."""
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return pack([struct.pack("<II", *arr.shape) + arr.tobytes()])
+
+
+def read_payloads(path, first: int, count: int) -> list[bytes]:
+    """Payloads first .. first+count-1 of a container file, each checked against its crc32,
+    with one seek and one read for the run. Raises DamagedEntryError naming what is wrong."""
+    with open(path, "rb", buffering=0) as f:
+        head = f.read(_HEAD.size)
+        if len(head) < _HEAD.size or _HEAD.unpack(head)[0] != MAGIC:
+            raise DamagedEntryError(f"{path}: not a cache container (bad header)")
+        n = _HEAD.unpack(head)[1]
+        table = f.read(n * _ITEM.size)
+        if len(table) != n * _ITEM.size or first + count > n:
+            raise DamagedEntryError(f"{path}: truncated header or frame {first + count - 1} of {n} absent")
+        items = np.frombuffer(table, dtype="<u4").reshape(n, 2)  # (length, crc32) per payload
+        lengths = items[first:first + count, 0].tolist()
+        f.seek(_HEAD.size + len(table) + int(items[:first, 0].sum(dtype=np.int64)))
+        blob = f.read(sum(lengths))
+    if len(blob) != sum(lengths):
+        raise DamagedEntryError(f"{path}: truncated (frames {first}..{first + count - 1})")
+    out, pos = [], 0
+    for length, crc in zip(lengths, items[first:first + count, 1].tolist()):
+        part = blob[pos:pos + length]
+        if zlib.crc32(part) != crc:
+            raise DamagedEntryError(f"{path}: corrupt (checksum of frame {first + len(out)})")
+        out.append(part)
+        pos += length
+    return out
+
+
+def read_frames(path, view: str, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [count, S, S, 3]: frames first.. of a view's container, checked and decoded
+    (into `out` when given)."""
+    frames = [decode_frame(p, view) for p in read_payloads(path, first, count)]
+    if out is None:
+        return np.stack(frames)
+    if out.shape != (count, *frames[0].shape):
+        raise DamagedEntryError(f"{path}: frames of {frames[0].shape}, expected {out.shape[1:]}")
+    for i, frame in enumerate(frames):
+        out[i] = frame
+    return out
+
+
+def read_array(path) -> np.ndarray:
+    """The float32 [rows, cols] array of an encode_array container, checked."""
+    (data,) = read_payloads(path, 0, 1)
+    rows, cols = struct.unpack_from("<II", data)
+    if len(data) != 8 + 4 * rows * cols:
+        raise DamagedEntryError(f"{path}: array of {rows}x{cols} does not match its {len(data)} bytes")
+    return np.frombuffer(data, dtype=np.float32, offset=8).reshape(rows, cols)
+
+
+def file_check(path) -> dict:
+    """{"size", "crc32"} of a written file: recorded in the entry's json."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"size": len(data), "crc32": zlib.crc32(data)}
+
+
+def estimate_entry_bytes(crop_size: int, frames_per_video: int, clip_len: int,
+                         views: Sequence[str], audio_s: float = 0.0, preprocessing: str = "none") -> int:
+    """Expected bytes of one entry at these settings, from the measured figures above."""
+    from common.faces.views import run_length
+
+    px = crop_size * crop_size * frames_per_video * PREPROCESSING_GROWTH.get(preprocessing, 1.0)
+    total = sum(BYTES_PER_PIXEL[v] * px * run_length(v, clip_len) for v in views)
+    return int(total + MEL_BYTES_PER_S * audio_s + 8_000)  # + the json
