@@ -254,5 +254,9 @@ def test_ctrl_c_in_extract_exits_130_with_one_line_and_the_cache_stays_usable(sa
     total = len(index_faceforensics(sample_root / "faceforensics"))
     assert len(list(cache.glob("*/*.json"))) == total
     assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+    from common.faces.cache import FaceCache
+
+    faces = FaceCache(cache, "faceforensics", 32, 2, 3, "none")
     for meta in cache.glob("*/*.json"):
-        assert np.load(meta.with_suffix(".npy")).shape[:2] == (2, 3)
+        rel = next(r.rel for r in index_faceforensics(sample_root / "faceforensics") if faces.paths(r.rel)["meta"] == meta)
+        assert faces.verify(rel) and faces.entry(rel)[0].shape[:2] == (2, 3)
