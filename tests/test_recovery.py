@@ -84,10 +84,10 @@ def test_a_killed_dataloader_worker_exits_3_and_resume_continues(ff, straight, t
     import common.training.stage as stage_mod
     from common.data.samples import FaceSamples
 
-    real, count, stepped = FaceSamples.__getitem__, {"n": 0}, tmp_path / "stepped"
+    real, count, stepped = FaceSamples._item, {"n": 0}, tmp_path / "stepped"
     real_epoch = stage_mod.train_one_epoch
 
-    def dies_in_a_worker(self, i):
+    def dies_in_a_worker(self, i, out=None):
         if get_worker_info() is not None:  # only in the worker process (forked: its own count)
             count["n"] += 1
             if count["n"] == 5:
@@ -104,7 +104,7 @@ def test_a_killed_dataloader_worker_exits_3_and_resume_continues(ff, straight, t
         return real_epoch(*a, on_step=step, **k)
 
     monkeypatch.setattr(stage_mod, "train_one_epoch", epoch_that_tells)
-    monkeypatch.setattr(FaceSamples, "__getitem__", dies_in_a_worker)
+    monkeypatch.setattr(FaceSamples, "_item", dies_in_a_worker)  # every sample, batched or not
     args = stage_args(ff, tmp_path, "--workers", "1", cache=straight / "cache")
     assert run_stage(MODEL, STAGE, args) == EXIT_TRAINING_FAILED
     monkeypatch.undo()
