@@ -31,8 +31,8 @@ from common.data.atomic import atomic_write
 from common.data.datasets import DATASETS, index_dataset, part_dirs
 from common.data.samples import FaceSamples
 from common.ensemble.fit import choose_settings
-from common.ensemble.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
-                                      pick_device)
+from common.ensemble.students import (ENSEMBLE_FILE, Student, blind_reason, check_external, fuse, load_ensemble,
+                                      load_students, pick_device, video_probabilities)
 from common.errors import UserError
 from common.faces.detectors import DETECTORS
 from common.faces.views import recorded_view
@@ -123,7 +123,8 @@ def score_student(st: Student, records: Sequence, args, settings, dataset: str, 
     samples, cfg = student_samples(st, records, args, settings, dataset)
     loader = sd.eval_loader(samples, cfg, DistInfo(), device)
     ids, labels, logits = predict(st.model.to(device), loader, make_precision(device, amp=True))
-    return {"ids": ids, "labels": labels, "logits": logits, "missing": samples.missing}
+    return {"ids": ids, "labels": labels, "logits": logits, "missing": samples.missing,
+            "no_audio": samples.without_audio()}
 
 
 def figures(frame_labels, frame_probs, vlabels, vprobs) -> dict:
@@ -136,6 +137,7 @@ def evaluate_all(students: dict[str, Student], ens: dict | None, records: Sequen
                  device) -> tuple[dict, dict]:
     """-> (rows {name: figures}, curves {name: (labels, probs)}) for the students and the ensemble."""
     rows, curves, video_probs, video_label = {}, {}, {}, {}
+    fusable: dict[str, dict] = {}  # the combiners' input, on the videos each student can see
     for name, st in students.items():
         got = score_student(st, records, args, settings, args.dataset, device)
         temperature = st.temperature
@@ -148,12 +150,15 @@ def evaluate_all(students: dict[str, Student], ens: dict | None, records: Sequen
         curves[name] = (vlabels.tolist(), vprobs.tolist())
         video_probs[name] = dict(zip(ids, vprobs.tolist()))
         video_label.update(zip(ids, vlabels.tolist()))
+        f_ids, _, f_probs = video_probabilities(got["ids"], got["labels"], got["logits"], temperature)
+        fusable[name] = {v: q for v, q in zip(f_ids, f_probs.tolist())
+                         if blind_reason(st, v not in got["no_audio"]) is None}
         log.info("%s: video AUC %s on %d videos", name, _fmt(rows[name]["video"]["auc"]), len(ids))
     if ens is not None:
         ids = sorted(video_label)
         fused, used = [], {}
         for vid in ids:
-            scores = {n: p[vid] for n, p in video_probs.items() if vid in p}
+            scores = {n: p[vid] for n, p in fusable.items() if vid in p}  # AV only where there is audio
             try:
                 p, missing = fuse(scores, ens)
             except UserError:

@@ -3,10 +3,11 @@
 Each student gives a calibrated video score p = mean over the video's sampled frames (or
 clips) of softmax(logits / T)[fake]. A combiner is a logistic regression on logit(p):
     fused = sigmoid(intercept + sum_i weight_i * logit(p_i))
-fit on the validation videos the students' checkpoints list (common/ensemble/fit.py); a
-student at chance there gets weight 0. One combiner is fit for every subset of the useful
-students, so a student missing at predict time means the combiner fit without it, never a
-made-up 0.5.
+fit on the validation videos the students' checkpoints list (common/ensemble/fit.py,
+common/ensemble/stacking.py); a student at chance there gets weight 0. One combiner is fit
+for every subset of the useful students, so a student that is missing, or cannot see a video
+(AV on a video without usable audio: blind_reason), means the combiner fit without it, never
+a made-up 0.5.
 
 Students: `<name>_model_student.pt` for the five built-in names, `ll`, and any other name;
 each is this suite's student format or a TorchScript module (common/ensemble/external.py).
@@ -33,7 +34,6 @@ from common.preprocess import ClipTransform
 from common.recipes import DEFAULTS, RECIPES
 from common.training.checkpoints import load_checkpoint, weights_fingerprint
 from common.training.engine import make_precision, predict
-from common.training.metrics import softmax_fake, video_scores
 
 STUDENT_NAMES = MODEL_NAMES + ("ll",)  # ll: a low-light student trained outside this suite
 STUDENT_SUFFIX = "_model_student.pt"
@@ -183,7 +183,30 @@ def score_videos(student: Student, records: Sequence, cache: FaceCache, settings
                         pin_memory=device.type == "cuda")
     model = student.model.to(device)
     ids, labels, logits = predict(model, loader, make_precision(device, amp=True))
-    return video_scores(ids, labels, softmax_fake(logits, student.temperature))
+    return video_probabilities(ids, labels, logits, student.temperature)
+
+
+def video_probabilities(ids: Sequence[str], labels, logits: torch.Tensor,
+                        temperature: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The combiners' input: per video (ids sorted), the mean over its frames of
+    softmax(logits / T)[fake], in float64. Kept here, apart from the training metrics, so
+    that fit, predict and evaluate feed the combiners one and the same quantity."""
+    p = torch.softmax(logits.double() / float(temperature), dim=1)[:, 1].cpu().numpy()
+    vids, index = np.unique(np.asarray(ids, dtype=object).astype(str), return_inverse=True)
+    sums = np.bincount(index, weights=p, minlength=len(vids))
+    counts = np.bincount(index, minlength=len(vids))
+    vlabels = np.zeros(len(vids), dtype=np.int64)
+    vlabels[index] = np.asarray(labels, dtype=np.int64).reshape(-1)
+    return vids.tolist(), vlabels, sums / np.maximum(counts, 1)
+
+
+NO_AUDIO = "no usable audio track (none, or it failed to decode)"
+
+
+def blind_reason(student: Student, audio_present: bool) -> str | None:
+    """Why `student` cannot see a video, or None when its input is there: a student that
+    reads audio is blind on a video without usable audio (it would score silence)."""
+    return NO_AUDIO if student.with_audio and not audio_present else None
 
 
 def logit(p) -> np.ndarray:
