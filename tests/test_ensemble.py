@@ -445,3 +445,29 @@ def test_predict_json_on_a_real_ffpp_video_without_audio(fitted, capsys):
     assert res["ok"] and res["audio"] is False
     assert res["students"]["av"]["used"] is False and res["students"]["av"]["reason"] == students.NO_AUDIO
     assert res["students"]["bg"]["used"] is True and sorted(res["combiner"]) == ["bg", "ll"]
+
+
+def test_fit_scores_av_only_on_videos_with_audio(fitted, monkeypatch):
+    """A validation video whose audio failed: AV gets no score on it (NaN), the others do."""
+    from types import SimpleNamespace
+
+    from common.ensemble.fit import score_pool
+    from common.faces.cache import FaceCache
+
+    val = val_list(fitted["data"])
+    cache = students.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
+    deaf = val[1].rel
+    real_meta = FaceCache.meta
+
+    def meta(self, rel):
+        m = real_meta(self, rel)
+        return dict(m, audio={"present": False, "reason": "audio track failed to decode"}) if rel == deaf else m
+
+    monkeypatch.setattr(FaceCache, "meta", meta)
+    team = {n: students.load_student(fitted["ckpt"] / f"{n}_model_student.pt", n) for n in ("bg", "av")}
+    args = SimpleNamespace(device="cpu", batch_size=8, workers=0)
+    records, labels, scores = score_pool(team, val, cache, SETTINGS, args)
+    assert [r.rel for r in records] == sorted(r.rel for r in val)
+    i = [r.rel for r in records].index(deaf)
+    assert math.isnan(scores["av"][i]) and np.isfinite(np.delete(scores["av"], i)).all()
+    assert np.isfinite(scores["bg"]).all()

@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dataset", choices=("dfdc", "celebdf", "faceforensics"),
                    help="check that the students were validated on this dataset")
     f.add_argument("--cache-dir", type=Path, default=Path("cache"))
-    f.add_argument("--max-videos", type=positive_int, help="cap validation videos (half real, half fake)")
+    f.add_argument("--max-videos", type=positive_int, help="cap the listed validation videos, and the fresh ones apart "
+                                                                "(half real, half fake each)")
     f.add_argument("--image-size", type=positive_int, help=f"face crop side (default: training config or {DEFAULTS.image_size})")
     f.add_argument("--frames-per-video", type=positive_int, help=f"default: training config or {DEFAULTS.frames_per_video}")
     f.add_argument("--face-detector", choices=DETECTORS, help=f"default: training config or {DEFAULTS.face_detector}")

@@ -206,7 +206,7 @@ def auc_table(ens: dict) -> str:
     lines.append(f"| ensemble, in-sample | {_num(ens['val_auc_in_sample'])} | {ens['n_videos']} | | | fit and "
                  "scored on the same videos: optimistic, not a result |")
     lines += ["", "Combiners (one per subset of the useful students; used when the others are missing or "
-              "cannot see a video, e.g. AV without audio):", "", "| students | out-of-fold AUC, all videos |",
+              "cannot see a video, e.g. AV without audio):", "", "| students | out-of-fold AUC (on the videos all of them see) |",
               "|---|---|"]
     lines += [f"| {', '.join(c['students'])} | {_num(c['auc_oof'])} |" for c in ens["combiners"]]
     lines += ["", "Held-out figures: `python -m common.evaluate` on a test split."]
