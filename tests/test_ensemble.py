@@ -23,7 +23,8 @@ import tests.conftest as conftest
 from common import evaluate
 from common.data.datasets import index_dataset
 from common.ensemble import command as ensemble, stacking, students
-from common.ensemble.fit import check_classes, chance_reason, fit_combiner
+from common.ensemble.fit import check_classes
+from common.ensemble.stacking import chance_reason, fit_combiner
 from common.errors import UserError
 from common.faces.extraction import build_face_cache
 from common.model import build_student

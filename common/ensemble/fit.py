@@ -25,7 +25,7 @@ import torch
 
 from common.data.atomic import atomic_write
 from common.data.datasets import detect_layout, index_dataset
-from common.ensemble.stacking import chance_reason, fit_combiner  # noqa: F401 (chance_reason: re-exported)
+from common.ensemble.stacking import fit_combiner
 from common.ensemble.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line, blind_reason,
                                       check_external, load_students, make_cache, pick_device, score_videos)
 from common.errors import DatasetLayoutError, UserError
