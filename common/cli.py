@@ -252,7 +252,7 @@ def ensemble_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", type=Path, required=True, help="dataset root (official layout)")
     f.add_argument("--dataset", choices=("dfdc", "celebdf", "faceforensics"),
                    help="check that the students were validated on this dataset")
-    _cache_and_face_flags(f, "cap validation videos (half real, half fake)")
+    _cache_and_face_flags(f, "cap the listed validation videos, and the fresh ones apart (half real, half fake each)")
     f.add_argument("--seed", type=int, help=f"seed of the --max-videos cap (default: training config or {DEFAULTS.seed}); "
                                             "the videos themselves come from the students' checkpoints")
     f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -266,6 +266,7 @@ def ensemble_parser() -> argparse.ArgumentParser:
                                                         "file's folder, else checkpoints)")
     q.add_argument("--ensemble", type=Path, help="default: <checkpoint-dir>/ensemble.json")
     q.add_argument("--json", action="store_true",
-                   help="JSON Lines: one JSON object per video, one per line, instead of the text lines")
+                   help="JSON Lines: one JSON object per video, one per line, instead of the text lines; "
+                        "each student has \"used\" and, when false, a \"reason\"")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return p

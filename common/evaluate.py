@@ -37,8 +37,8 @@ from common.data.atomic import atomic_write
 from common.data.datasets import index_dataset, part_dirs
 from common.data.samples import FaceSamples
 from common.ensemble.fit import choose_settings
-from common.ensemble.students import (ENSEMBLE_FILE, Student, check_external, fuse, load_ensemble, load_students,
-                                      pick_device)
+from common.ensemble.students import (ENSEMBLE_FILE, Student, blind_reason, check_external, fuse, load_ensemble,
+                                      load_students, pick_device)
 from common.errors import EXIT_DISK, UserError, is_disk_fault
 from common.faces.views import recorded_view
 from common.preprocess import ClipTransform
@@ -156,7 +156,7 @@ def score_student(st: Student, records: Sequence, args, settings, dataset: str, 
     samples, cfg = student_samples(st, records, args, settings, dataset)
     loader = sd.eval_loader(samples, cfg, DistInfo(), device)
     ids, labels, logits = predict(st.model.to(device), loader, make_precision(device, amp=True))
-    return {"ids": ids, "labels": labels, "logits": logits}
+    return {"ids": ids, "labels": labels, "logits": logits, "no_audio": samples.without_audio()}
 
 
 def student_row(got: dict, records: Sequence, temperature: float) -> tuple[dict, dict[str, float]]:
@@ -178,7 +178,8 @@ def student_row(got: dict, records: Sequence, temperature: float) -> tuple[dict,
 
 def ensemble_row(ens: dict, records: Sequence, video_probs: dict[str, dict[str, float]]) -> tuple[dict, dict]:
     """-> (the ensemble's figures, {video: fused probability}). Each video is fused from the
-    students that saw a face in it (the combiner fit without the others); a video no student
+    students that saw a face in it and can read it (AV only with audio; the combiner fit
+    without the others); a video no student
     saw a face in scores 0.5, like a faceless video of one student."""
     fused, used, faceless = {}, {}, {"real": 0, "fake": 0}
     members = {m["name"] for m in ens["models"] if m["used"]}
@@ -218,7 +219,9 @@ def evaluate_all(students: dict[str, Student], ens: dict | None, records: Sequen
             margins.get(vid, 0.0), temperature)), "margin": margins.get(vid), "face": vid in margins}
             for vid in sorted(label)}
         curves[name] = ([label[v] for v in sorted(label)], [margins.get(v, 0.0) for v in sorted(label)])
-        video_probs[name] = {v: float(margin_probability(mv, temperature)) for v, mv in margins.items()}
+        # the combiners' input, only on the videos the student can see (AV only where there is audio)
+        video_probs[name] = {v: float(margin_probability(mv, temperature)) for v, mv in margins.items()
+                             if blind_reason(st, v not in got["no_audio"]) is None}
         log.info("%s: video AUC %s on %d videos (%d with a usable face)", name, _fmt(rows[name]["video"]["auc"]),
                  len(records), len(margins))
     if ens is not None:

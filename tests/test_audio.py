@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 
+import av
 import numpy as np
 import pytest
 
-from common.data.audio import HOP_LENGTH, MEL_WINDOW, N_MELS, SAMPLE_RATE, decode_audio, log_mel, mel_frame, mel_window
+from common.data.audio import (HOP_LENGTH, MEL_WINDOW, N_MELS, SAMPLE_RATE, align_to_video, decode_audio, log_mel,
+                               mel_frame, mel_window)
 from tests.test_video import numbered_frames, write_mp4
 
 
@@ -96,3 +98,47 @@ def test_mel_window_zero_pads_at_both_ends():
     assert np.all(end[:, 17:] == 0.0)
     assert np.all(mel_window(mel, 5.0) == 0.0)
     assert mel_window(np.zeros((N_MELS, 0), np.float32), 0.5).shape == (N_MELS, MEL_WINDOW)
+
+
+def _late_audio_mp4(path, frames, wave, sample_rate, delay_s):
+    """An mp4 whose audio stream starts `delay_s` after its video stream (audio pts offset)."""
+    with av.open(str(path), mode="w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        aus = out.add_stream("aac", rate=sample_rate, layout="mono")
+        for f in frames:
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(vs.encode(None))
+        planar = wave.reshape(1, -1)
+        for start in range(0, planar.shape[1], 1024):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, start:start + 1024]),
+                                            format="fltp", layout="mono")
+            af.sample_rate, af.pts = sample_rate, start + int(round(delay_s * sample_rate))
+            out.mux(aus.encode(af))
+        out.mux(aus.encode(None))
+    return path
+
+
+def test_audio_that_starts_after_the_video_is_placed_on_the_video_clock(media):
+    # A burst 0.3-0.4 s into a track that starts 0.5 s after the first video frame is heard
+    # 0.8-0.9 s into the video: that is where the decoded waveform must have it.
+    path = _late_audio_mp4(media["dir"] / "late.mp4", numbered_frames(50),
+                           tone(1.5, 16000, start=0.3, stop=0.4), 16000, delay_s=0.5)
+    with av.open(str(path)) as c:  # the file really has the offset in its headers
+        a = c.streams.audio[0]
+        assert float(a.start_time * a.time_base) > 0.4
+    wave = decode_audio(path)
+    loud = np.flatnonzero(np.abs(wave) > 0.1) / SAMPLE_RATE
+    assert loud.min() == pytest.approx(0.8, abs=0.02) and loud.max() == pytest.approx(0.9, abs=0.02)
+    assert np.abs(wave[: int(0.75 * SAMPLE_RATE)]).max() < 0.05
+    assert abs(len(wave) / SAMPLE_RATE - 2.0) < 0.1  # 0.5 s of lead + the 1.5 s track
+
+
+def test_align_to_video_pads_a_late_track_and_cuts_an_early_one():
+    wave = np.arange(1, 11, dtype=np.float32)
+    late = align_to_video(wave, 3 / SAMPLE_RATE)  # starts 3 samples after the video
+    assert late.tolist() == [0, 0, 0] + wave.tolist()
+    early = align_to_video(wave, -2 / SAMPLE_RATE)  # starts 2 samples before the video
+    assert early.tolist() == wave[2:].tolist()
+    assert align_to_video(wave, 0.0) is wave
+    assert len(align_to_video(wave, -1.0)) == 0  # ends before the video starts

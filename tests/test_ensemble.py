@@ -19,9 +19,12 @@ import numpy as np
 import pytest
 import torch
 
+import tests.conftest as conftest
+from common import evaluate
 from common.data.datasets import index_dataset
-from common.ensemble import command as ensemble, students
-from common.ensemble.fit import check_classes, chance_reason, fit_combiner
+from common.ensemble import command as ensemble, stacking, students
+from common.ensemble.fit import check_classes
+from common.ensemble.stacking import chance_reason, fit_combiner
 from common.errors import UserError
 from common.faces.extraction import build_face_cache
 from common.model import build_student
@@ -141,12 +144,17 @@ def test_fit_writes_json_png_and_table(fitted):
     assert sorted(map(tuple, (c["students"] for c in ens["combiners"]))) == sorted(
         [("bg",), ("av",), ("ll",), ("bg", "av"), ("bg", "ll"), ("av", "ll"), ("bg", "av", "ll")])
     assert {m["name"]: m["weight"] for m in ens["models"] if m["used"]} == ens["combiners"][-1]["weights"]
-    # the headline is out-of-fold (2 folds of 2 videos), never the in-sample figure
-    assert ens["val_auc_oof"] == ens["combiners"][-1]["auc_oof"] and "val_auc" not in ens
+    # every listed video was one the students selected on, and none is fresh: no headline figure;
+    # the out-of-fold figure over them is reported, as optimistic, never the in-sample one
+    assert ens["headline_auc"] is None and "val_auc" not in ens
+    assert ens["selection_videos"] == {"n": 4, "n_fake": 2} and ens["fresh_videos"] == {"n": 0, "n_fake": 0, "videos": []}
+    assert isinstance(ens["val_auc_oof"], float)
     assert (ckpt / "ensemble_roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (ckpt / "ensemble_auc.md").read_text()
-    for name in ("bg", "av", "rr", "ll", "**ensemble**"):
+    for name in ("bg", "av", "rr", "ll", "**ensemble (headline)**", "ensemble, out-of-fold, all videos"):
         assert f"| {name} |" in table
+    assert "- 4 (2 real, 2 fake) from the students' `val_videos`" in table
+    assert "- 0 (0 real, 0 fake) fresh" in table and "no fresh videos of both classes" in table
     assert "out-of-fold: each video scored by a combiner not fit on it" in table
     assert "| model | val video AUC |" in out  # the table is printed too
 
@@ -246,12 +254,26 @@ def test_predict_json_audio_no_audio_and_a_bad_file(fitted, sample_root, tmp_pat
     assert (good["audio"], ff["audio"]) == (True, False)  # AV sees audio_missing on FF++
     for r in (good, ff):
         assert r["ok"] and r["verdict"] == ("FAKE" if r["fake_probability"] >= 0.5 else "REAL")
-        # the fused probability is the (bg, av, ll) combiner applied to the students' own scores
-        want, _ = students.fuse({n: s["score"] for n, s in r["students"].items()}, ens)
-        assert r["fake_probability"] == pytest.approx(want, abs=1e-12)
         assert set(r["students"]) == {"bg", "av", "rr", "ll"} and r["missing_students"] == []
-        assert r["combiner"] == ["av", "bg", "ll"] or sorted(r["combiner"]) == ["av", "bg", "ll"]
         assert r["students"]["rr"]["score"] == pytest.approx(0.5)
+        assert r["students"]["rr"]["used"] is False and "at chance" in r["students"]["rr"]["reason"]
+        assert all(r["students"][n]["used"] is True and "reason" not in r["students"][n] for n in ("bg", "ll"))
+    # with audio: the (bg, av, ll) combiner on the students' own scores
+    assert sorted(good["combiner"]) == ["av", "bg", "ll"] and good["students"]["av"]["used"] is True
+    want, _ = students.fuse({n: s["score"] for n, s in good["students"].items()}, ens)
+    assert good["fake_probability"] == pytest.approx(want, abs=1e-12)
+    # without audio AV is not used, and the fused score is the combiner fit without AV
+    av = ff["students"]["av"]
+    assert av["used"] is False and av["reason"] == students.NO_AUDIO and av["weight"] == 0.0
+    assert sorted(ff["combiner"]) == ["bg", "ll"] and ff["left_out"] == ["av"]
+    def z(names):  # the fused logit of the combiner fit on exactly these students
+        c = next(c for c in ens["combiners"] if sorted(c["students"]) == names)
+        return c["intercept"] + sum(w * float(students.logit(ff["students"][n]["score"]))
+                                    for n, w in c["weights"].items())
+
+    p = ff["fake_probability"]  # compared as logits: four videos fit steep combiners
+    assert math.log(p) - math.log1p(-p) == pytest.approx(z(["bg", "ll"]), rel=1e-6, abs=1e-9)
+    assert abs(z(["av", "bg", "ll"]) - z(["bg", "ll"])) > 0.01  # what fusing AV's silence would say
     # predict decodes the file itself; its score matches the fit-time path through the cache
     cache = students.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
     rec = next(r for r in val_list(data) if Path(r.path) == dfdc_video)
@@ -359,3 +381,92 @@ def test_predict_crops_only_the_views_its_students_read():
     assert views_needed({"bg": st("context"), "rr": st("face"), "ext": st(None)}) == ("face", "context")
     assert views_needed({m: st(v) for m, v in [("bg", "context"), ("cm", "native"), ("tm", "face")]}) \
         == ("face", "context", "native")
+
+
+# ----------------------------------------------------------------------------- honest stacking
+
+def test_fit_takes_its_headline_on_fresh_videos_with_grouped_folds(fitted, tmp_path):
+    """Students whose recorded split (val_fraction 0.5) holds 8 validation videos but who list 4
+    of them (as a --max-videos cap would): the other 4 are fresh, and the headline is theirs."""
+    data = fitted["data"]
+    for name in ("bg", "av"):
+        st = students.load_student(fitted["ckpt"] / f"{name}_model_student.pt", name)
+        extra = contract(data)
+        extra["data_index"]["kwargs"]["val_fraction"] = 0.5
+        _save(tmp_path, st.model, name, extra=extra)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert ensemble.main(["fit", "--checkpoint-dir", str(tmp_path), "--data", str(data),
+                              "--cache-dir", str(fitted["cache_dir"]), *SMALL]) == 0
+    ens = json.loads((tmp_path / "ensemble.json").read_text())
+    split = {r.rel: r for r in index_dataset("dfdc", data, parts=[0, 1], seed=SPLIT_SEED, val_fraction=0.5)
+             if r.split == "val"}
+    listed = {r.rel for r in val_list(data)}
+    assert len(split) == 8 and listed < set(split)
+    assert ens["fresh_videos"]["videos"] == sorted(set(split) - listed)
+    assert ens["selection_videos"] == {"n": 4, "n_fake": 2} and ens["n_videos"] == 8
+    assert ens["fresh_videos"]["n"] == 4 and ens["fresh_videos"]["n_fake"] == 2
+    # a DFDC original and its fakes are one group: 4 groups of 2, so 4 folds, never split
+    groups = [split[v].group for v in sorted(split)]
+    y = np.array([split[v].label for v in sorted(split)])
+    assert len(set(groups)) == 4 and len(stacking.folds(y, groups)) == 4
+    assert isinstance(ens["headline_auc"], float)
+    md = (tmp_path / "ensemble_auc.md").read_text()
+    assert "- 4 (2 real, 2 fake) fresh" in md and "**The headline is taken on these alone.**" in md
+    assert f"| **ensemble (headline)** | **{ens['headline_auc']:.3f}** | 4 |" in md
+
+
+def test_evaluate_leaves_av_out_of_the_fusion_on_videos_without_audio(fitted, sample_root, tmp_path, capsys):
+    """Celeb-DF has no audio: the ensemble's score of every test video is the combiner fit
+    without AV, though AV itself is still scored (its own row)."""
+    code = evaluate.main(["--checkpoint-dir", str(fitted["ckpt"]), "--cache-dir", str(fitted["cache_dir"]),
+                          *SMALL, "--dataset", "celebdf", "--data", str(sample_root / "celebdf"),
+                          "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "evaluation.json").read_text())["rows"]
+    ens = json.loads((fitted["ckpt"] / "ensemble.json").read_text())
+    assert rows["ensemble"]["combiners_used"] == {"bg, ll": 5} and len(rows["av"]["video_scores"]) == 5
+    no_av = next(c for c in ens["combiners"] if sorted(c["students"]) == ["bg", "ll"])
+    for vid, s in rows["ensemble"]["video_scores"].items():
+        z = no_av["intercept"] + sum(w * float(students.logit(rows[n]["video_scores"][vid]["score"]))
+                                     for n, w in no_av["weights"].items())
+        assert math.log(s["score"]) - math.log1p(-s["score"]) == pytest.approx(z, rel=1e-4, abs=1e-4)
+
+
+REAL_DATA, NO_REAL_DATA = conftest.realdata_dir()  # $DEEPFAKE_REALDATA_DIR, as the other real-footage tests
+
+
+@pytest.mark.skipif(REAL_DATA is None, reason=NO_REAL_DATA or "")
+def test_predict_json_on_a_real_ffpp_video_without_audio(fitted, capsys):
+    video = REAL_DATA / "ffpp/manipulated_sequences/NeuralTextures/c23/videos/004_982.mp4"
+    code, out, _ = _predict(capsys, video, "--checkpoint-dir", fitted["ckpt"], "--json")
+    assert code == 0
+    res = json.loads(out)  # JSON Lines: one object on its line
+    assert res["ok"] and res["audio"] is False
+    assert res["students"]["av"]["used"] is False and res["students"]["av"]["reason"] == students.NO_AUDIO
+    assert res["students"]["bg"]["used"] is True and sorted(res["combiner"]) == ["bg", "ll"]
+
+
+def test_fit_scores_av_only_on_videos_with_audio(fitted, monkeypatch):
+    """A validation video whose audio failed: AV gets no score on it (NaN), the others do."""
+    from types import SimpleNamespace
+
+    from common.ensemble.fit import score_pool
+    from common.faces.cache import FaceCache
+
+    val = val_list(fitted["data"])
+    cache = students.make_cache(fitted["cache_dir"], "dfdc", SETTINGS)
+    deaf = val[1].rel
+    real_meta = FaceCache.meta
+
+    def meta(self, rel):
+        m = real_meta(self, rel)
+        return dict(m, audio={"present": False, "reason": "audio track failed to decode"}) if rel == deaf else m
+
+    monkeypatch.setattr(FaceCache, "meta", meta)
+    team = {n: students.load_student(fitted["ckpt"] / f"{n}_model_student.pt", n) for n in ("bg", "av")}
+    args = SimpleNamespace(device="cpu", batch_size=8, workers=0)
+    records, labels, scores = score_pool(team, val, cache, SETTINGS, args)
+    assert [r.rel for r in records] == sorted(r.rel for r in val)
+    i = [r.rel for r in records].index(deaf)
+    assert math.isnan(scores["av"][i]) and np.isfinite(np.delete(scores["av"], i)).all()
+    assert np.isfinite(scores["bg"]).all()

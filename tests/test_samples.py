@@ -6,7 +6,7 @@ import torch
 
 from common.data.audio import MEL_WINDOW, N_MELS, mel_window
 from common.data.datasets import VideoRecord, index_dataset
-from common.data.samples import FaceSamples
+from common.data.samples import FaceSamples, clip_centre
 from common.faces.cache import FaceCache, file_stamp
 from common.faces import codec
 from common.faces.detectors import make_detector
@@ -31,10 +31,15 @@ def test_av_sample_carries_the_audio_window_of_its_clip(dfdc_cache):
     rec = records[1]
     crops, meta = cache.entry(rec.rel)
     assert meta["audio"]["present"]
-    centre = meta["frame_indices"][1][2]  # the run's centre frame (T=4 -> index 2)
-    expected = mel_window(cache.mel(rec.rel), centre / meta["fps"], MEL_WINDOW)
+    run = meta["frame_indices"][1]
+    assert run == list(range(run[0], run[0] + 4))
+    # the clip shows frames run[0]..run[0]+3: its centre is 1.5 frames past its first, not run[2]
+    centre_s = (run[0] + 1.5) / meta["fps"]
+    expected = mel_window(cache.mel(rec.rel), centre_s, MEL_WINDOW)
     assert item["mel"].shape == (1, N_MELS, MEL_WINDOW)
     assert np.allclose(item["mel"][0].numpy(), expected)
+    # half a frame at 29.97 fps is 1.7 mel hops: centring on run[2] would give another window
+    assert not np.allclose(expected, mel_window(cache.mel(rec.rel), run[2] / meta["fps"], MEL_WINDOW))
     assert item["audio_missing"].item() == 0.0
     assert item["video"] == rec.rel and item["label"].item() == rec.label
     assert item["frames"].shape == (4, 3, 32, 32)
@@ -129,3 +134,12 @@ def test_stage_preprocessing_is_stored_once_in_its_own_cache(sample_root, tmp_pa
     expected = np.stack([codec.decode_frame(codec.encode_frame(f, "face", "clahe"), "face") for f in frames])
     assert meta["codecs"]["face"] == ["jpeg", 88]  # CLAHE's crops need a higher quality for 40 dB
     assert np.array_equal(done, expected.reshape(done.shape)) and not np.array_equal(done, raw)
+
+
+def test_clip_centre_is_the_middle_of_the_frames_served():
+    run = list(range(40, 48))  # a stored run of 8 frames
+    assert clip_centre(run, 8, 8) == 43.5  # frames 40..47: the middle is 3.5 frames in, not frame 44
+    assert clip_centre(run, 8, 3) == 44.0  # the middle 3 (43, 44, 45)
+    assert clip_centre(run, 8, 4) == 43.5  # the middle 4 (42..45)
+    assert clip_centre(run, 1, 1) == 44.0  # a one-frame view keeps the run's centre frame
+    assert clip_centre([9, 10, 10, 10], 4, 4) == 9.5  # a short video's repeated last frame

@@ -2,6 +2,11 @@
 
 A video without a usable audio track gives None, never silence or noise: the AV model is
 told explicitly (audio_missing = 1) instead of learning from a fake signal.
+
+Time base: sample 0 of a decoded waveform (and mel frame 0) is the video stream's start,
+the time of frame index 0, so frame i at fps sits at i / fps on both tracks. An audio
+stream that starts later than the video is preceded by silence; one that starts earlier
+loses its head.
 """
 from __future__ import annotations
 
@@ -35,9 +40,13 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray | None:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
+        video_start = _start_s(container.streams.video[0]) if container.streams.video else None
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         chunks: list[np.ndarray] = []
+        audio_start = None
         for frame in container.decode(stream):
+            if audio_start is None:  # the first decoded sample's time, priming included
+                audio_start = frame.time if frame.time is not None else _start_s(stream)
             frame.pts = None  # let the resampler count samples instead of trusting timestamps
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
@@ -56,7 +65,29 @@ def decode_audio(path: str | os.PathLike) -> np.ndarray | None:
     if not np.isfinite(wave).all():
         log.warning("%s: audio track decoded to non-finite samples", path)
         return None
+    lead = (audio_start or 0.0) - (video_start or 0.0)
+    wave = align_to_video(wave, lead)
+    if not len(wave):
+        log.warning("%s: audio track ends before the video starts (%.3f s lead)", path, lead)
+        return None
     return wave
+
+
+def _start_s(stream) -> float | None:
+    """A stream's start time in seconds, when its header gives one."""
+    if stream.start_time is None or not stream.time_base:
+        return None
+    return float(stream.start_time * stream.time_base)
+
+
+def align_to_video(wave: np.ndarray, lead_s: float) -> np.ndarray:
+    """Shift a waveform whose first sample is `lead_s` seconds after the video's start so that
+    its sample 0 is the video's start: silence in front for a late track, the head cut for an
+    early one (negative lead)."""
+    shift = int(round(lead_s * SAMPLE_RATE))
+    if shift > 0:
+        return np.concatenate([np.zeros(shift, dtype=wave.dtype), wave])
+    return wave[-shift:] if shift < 0 else wave
 
 
 def log_mel(wave: np.ndarray) -> np.ndarray:

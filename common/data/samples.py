@@ -35,7 +35,7 @@ class FaceSamples(Dataset):
         self.clip_len = clip_len
         self.transform = transform
         self.with_audio = with_audio
-        self.videos: list = []      # (record, fps, centre frame index per point, audio present)
+        self.videos: list = []      # (record, fps, served clip's centre frame per point, audio present)
         points: list[int] = []      # sample points per video
         self.missing = 0
         for rec in records:
@@ -47,8 +47,7 @@ class FaceSamples(Dataset):
             stored = cache.run_length(view)
             if stored < clip_len:
                 raise ValueError(f"cache holds runs of {stored} frames, model needs {clip_len}")
-            mid = stored // 2
-            centres = [int(run[mid]) for run in meta["frame_indices"]]
+            centres = [clip_centre(run, stored, clip_len) for run in meta["frame_indices"]]
             audio = bool(meta.get("audio", {}).get("present", False))
             self.videos.append((rec, float(meta["fps"]), centres, audio))
             points.append(len(centres))
@@ -62,6 +61,10 @@ class FaceSamples(Dataset):
 
     def __len__(self) -> int:
         return len(self.item_video)
+
+    def without_audio(self) -> set[str]:
+        """The videos (rel) whose cache entry has no usable audio track (none, or it failed)."""
+        return {rec.rel for rec, _, _, audio in self.videos if not audio}
 
     def __getitem__(self, key) -> dict:
         return self._item(key)
@@ -100,7 +103,7 @@ class FaceSamples(Dataset):
         (in the loader's worker) through the cache's one decoder, each frame checked against
         its checksum (a damaged entry raises, and is redone by the next run)."""
         t = self.cache.run_length(self.view)
-        start = (t - self.clip_len + 1) // 2 if self.clip_len > 1 else t // 2
+        start = clip_start(t, self.clip_len)
         return self.cache.read_frames(rel, self.view, point, start, self.clip_len, out)
 
     def _audio(self, rel: str, centre_s: float, present: bool) -> dict:
@@ -112,6 +115,22 @@ class FaceSamples(Dataset):
         missing = 1.0 if mel is None else 0.0
         return {"mel": torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))[None],
                 "audio_missing": torch.tensor(missing, dtype=torch.float32)}
+
+
+def clip_start(stored: int, clip_len: int) -> int:
+    """Where in a stored run of `stored` frames the served clip of `clip_len` begins: the
+    middle clip_len frames (the centre frame alone for one)."""
+    return (stored - clip_len + 1) // 2 if clip_len > 1 else stored // 2
+
+
+def clip_centre(run: Sequence[int], stored: int, clip_len: int) -> float:
+    """Video frame index at the middle of the clip served from `run` (the run's frame indices;
+    `stored` frames of it are in the view): 3.5 frames past its first for 8 of 8. The audio
+    window is centred here, on the frames the model sees."""
+    if stored != len(run):  # a one-frame view keeps the run's centre frame
+        return float(run[len(run) // 2])
+    start = clip_start(stored, clip_len)
+    return (run[start] + run[start + clip_len - 1]) / 2.0
 
 
 def collate_samples(items: list[dict]) -> dict:

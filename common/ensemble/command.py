@@ -21,9 +21,9 @@ import torch
 from common.cli import ensemble_parser as build_parser
 from common.data.datasets import VideoRecord
 from common.ensemble.fit import run_fit
-from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, check_external, combiner_for, fuse,
-                                      load_ensemble, load_student, make_cache, pick_device, score_videos, student_path,
-                                      views_needed)
+from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, blind_reason, check_external, combiner_for,
+                                      fuse, load_ensemble, load_student, make_cache, pick_device, score_videos,
+                                      student_path, views_needed)
 from common.errors import EXIT_DISK, UserError, is_disk_fault
 from common.faces.cache import NoFaceError
 from common.faces.detectors import make_detector
@@ -70,35 +70,58 @@ def predict_video(path: str, students: dict[str, Student], ens: dict, detector,
         cache = make_cache(tmp, "predict", settings, views_needed(students))  # crop no more
         cache.dir.mkdir(parents=True)
         meta = extract_video(rec, cache, detector)
-        scores = {n: float(score_videos(st, [rec], cache, settings, device)[2][0])
-                  for n, st in students.items()}
-    fused, _ = fuse(scores, ens)
-    combiner = combiner_for(ens, list(scores))
+        raw = {n: score_videos(st, [rec], cache, settings, device)[2] for n, st in students.items()}
+    audio = bool(meta["audio"]["present"])
+    per = student_rows(ens, students, raw, audio)
+    seen = {n: r["score"] for n, r in per.items() if r.pop("sees")}
+    fused, _ = fuse(seen, ens)
+    combiner = combiner_for(ens, list(seen))
+    threshold = float(ens["threshold"])
+    for n, r in per.items():
+        r["used"] = n in combiner["students"]
+        r["weight"] = float(combiner["weights"].get(n, 0.0))
+        if not r["used"]:
+            r.setdefault("reason", next(m.get("dropped_reason") for m in ens["models"] if m["name"] == n))
+    return {"video": path, "ok": True, "fake_probability": fused,
+            "verdict": "FAKE" if fused >= threshold else "REAL", "threshold": threshold,
+            "audio": audio, "students": per,
+            "missing_students": [m["name"] for m in ens["models"] if m["name"] not in students],
+            "left_out": [m["name"] for m in ens["models"] if m["used"] and m["name"] not in combiner["students"]],
+            "combiner": combiner["students"]}
+
+
+def student_rows(ens: dict, students: dict[str, Student], raw: dict, audio: bool) -> dict[str, dict]:
+    """One row per student of the ensemble: its score (None when it gave none), its flag, and
+    "sees" (False, with a "reason", when its input is missing: its file, its crops, or the
+    audio a student that hears needs)."""
     threshold = float(ens["threshold"])
     per = {}
     for m in ens["models"]:
-        if m["name"] in scores:
-            p = scores[m["name"]]
-            per[m["name"]] = {"score": p, "flag": "FAKE" if p >= threshold else "REAL",
-                              "weight": float(combiner["weights"].get(m["name"], 0.0)), "used": m["used"],
-                              "dropped_reason": m.get("dropped_reason")}
-    return {"video": path, "ok": True, "fake_probability": fused,
-            "verdict": "FAKE" if fused >= threshold else "REAL", "threshold": threshold,
-            "audio": bool(meta["audio"]["present"]), "students": per,
-            "missing_students": [m["name"] for m in ens["models"] if m["name"] not in scores],
-            "combiner": combiner["students"]}
+        n = m["name"]
+        if n not in students:
+            per[n] = {"score": None, "flag": None, "sees": False, "reason": "missing or unusable file"}
+            continue
+        got = raw[n]
+        score = float(got[0]) if len(got) else None
+        why = blind_reason(students[n], audio) or (None if score is not None else "no face crops in its view")
+        per[n] = {"score": score, "flag": None if score is None else ("FAKE" if score >= threshold else "REAL"),
+                  "sees": why is None, **({"reason": why} if why else {})}
+    return per
 
 
 def format_result(res: dict) -> str:
     if not res["ok"]:
         return f"{res['video']}: ERROR {res['error']}"
-    absent = [n for n in res["missing_students"] if n not in res["combiner"]]
+    absent = res.get("left_out", [])
     approx = f"; combiner fit without {', '.join(absent)}" if absent else ""
     lines = [f"{res['video']}: {res['verdict']}  fused p(fake) = {res['fake_probability']:.3f} "
              f"(threshold {res['threshold']:.2f}; audio {'yes' if res['audio'] else 'no'}{approx})"]
     for name, s in res["students"].items():
-        weight = f"weight {s['weight']:+.3f}" if s["used"] else f"weight 0 ({s['dropped_reason']})"
-        lines.append(f"  {name:3s} {s['score']:.3f}  {s['flag']:4s}  {weight}")
+        if name in res["missing_students"]:
+            continue
+        weight = f"weight {s['weight']:+.3f}" if s["used"] else f"weight 0 ({s['reason']})"
+        score = "  n/a" if s["score"] is None else f"{s['score']:.3f}"
+        lines.append(f"  {name:3s} {score}  {s['flag'] or '':4s}  {weight}")
     lines += [f"  {name:3s} missing" for name in res["missing_students"]]
     return "\n".join(lines)
 

@@ -1,14 +1,16 @@
 """`python -m common.ensemble fit`: learn how much to trust each student, on validation videos.
 
 students -> the validation videos their checkpoints list (never recomputed, never the test
-split) -> face cache -> calibrated video scores per student -> students at chance get weight 0
--> one logistic regression on logit(score) per subset of the others -> ensemble.json,
-ensemble_roc.png and ensemble_auc.md. The figures reported are out-of-fold: each video is
-scored by a combiner that was not fit on it.
+split), plus the fresh ones: validation-split videos no student listed (left out by a
+--max-videos cap), which no student trained on, selected an epoch on or fitted a temperature
+on -> face cache -> calibrated video scores per student (none where the student cannot see
+the video) -> students at chance get weight 0 -> one logistic regression on logit(score) per
+subset of the others (common/ensemble/stacking.py) -> ensemble.json, ensemble_roc.png and
+ensemble_auc.md. Figures are out-of-fold over folds that keep each group (person, source
+footage) whole; the headline is the out-of-fold figure on the fresh videos alone.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -23,17 +25,16 @@ import torch
 
 from common.data.atomic import atomic_write
 from common.data.datasets import detect_layout
-from common.ensemble.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line, check_external,
-                                      load_students, logit, make_cache, pick_device, score_videos)
+from common.ensemble.stacking import fit_combiner
+from common.ensemble.students import (ENSEMBLE_FILE, FORMAT, Settings, Student, availability_line, blind_reason,
+                                      check_external, load_students, make_cache, pick_device, score_videos)
 from common.errors import DatasetLayoutError, UserError
 from common.faces.extraction import build_face_cache
 from common.recipes import DEFAULTS, RECIPES
 from common.training.checkpoints import stage_paths
-from common.training.metrics import binary_metrics
 from common.training.reports import roc_plot
 from common.training.stage_data import cap_per_split, index_from
 
-CHANCE_MARGIN = 0.05  # |AUC - 0.5| below this: the student adds nothing but noise
 MIN_PER_CLASS = 2     # fewer real or fake validation videos than this: refuse to fit
 AUC_DRIFT = 0.1       # warn when a student scores this far from its training-time AUC
 THRESHOLD = 0.5
@@ -110,11 +111,15 @@ def validation_list(students: dict[str, Student]) -> tuple[dict, list[str]]:
     return index, sorted(common)
 
 
+def _index_kwargs(index: dict) -> dict:
+    return dict(index.get("kwargs") or {})
+
+
 def validation_records(data: Path, index: dict, rels: Sequence[str], max_videos: int | None,
                        seed: int) -> list:
     """The listed validation videos under `data` (paths and labels from the index; the split
     the indexer draws is ignored: membership comes from the list)."""
-    kw = dict(index.get("kwargs") or {})
+    kw = _index_kwargs(index)
     if kw.get("splits_dir") and not Path(kw["splits_dir"]).is_dir():
         kw["splits_dir"] = None  # its split is not used here; only the files' names and labels
     # index_from: a DFDC stage validated on whole held-out parts lists them apart from its chunks
@@ -127,6 +132,31 @@ def validation_records(data: Path, index: dict, rels: Sequence[str], max_videos:
     return cap_per_split(val, max_videos, seed, key=lambda r: "val")
 
 
+def fresh_records(data: Path, students: dict[str, Student], max_videos: int | None, seed: int) -> list:
+    """Videos no student trained on, selected an epoch on or fitted a temperature on: in the
+    validation split of every student's recorded index (redrawn from its arguments) and in no
+    student's `val_videos` (a --max-videos cap left them out). None when a split cannot be
+    redrawn as it was (a splits folder gone, or the redrawn split misses listed videos)."""
+    ckpts = [st.checkpoint for st in students.values()
+             if st.checkpoint.get("val_videos") is not None and st.checkpoint.get("data_index")]
+    indexes = {json.dumps(_index_kwargs(c["data_index"]), sort_keys=True): c for c in ckpts}
+    listed = set().union(*(set(c["val_videos"]) for c in ckpts))
+    candidates = None
+    for c in indexes.values():
+        index, kw = c["data_index"], _index_kwargs(c["data_index"])
+        if kw.get("splits_dir") and not Path(kw["splits_dir"]).is_dir():
+            log.warning("%s is gone: the students' split cannot be redrawn; no fresh videos", kw["splits_dir"])
+            return []
+        val = {r.rel: r for r in index_from(dict(index, root=str(data), kwargs=kw)) if r.split == "val"}
+        if not set(c["val_videos"]) <= set(val):
+            log.warning("the validation split redrawn under %s is not the students' (the tree changed?); "
+                        "no fresh videos", data)
+            return []
+        candidates = val if candidates is None else {k: r for k, r in candidates.items() if k in val}
+    fresh = sorted((r for k, r in (candidates or {}).items() if k not in listed), key=lambda r: r.rel)
+    return cap_per_split(fresh, max_videos, seed, key=lambda r: "fresh")
+
+
 def check_classes(labels: Sequence[int], where: str) -> None:
     n_fake = int(sum(labels))
     n_real = len(labels) - n_fake
@@ -135,112 +165,50 @@ def check_classes(labels: Sequence[int], where: str) -> None:
                         f"needs at least {MIN_PER_CLASS} of each (more data or a larger --max-videos)")
 
 
-# ----------------------------------------------------------------------------- combiner
-
-def chance_reason(auc: float) -> str | None:
-    """Why a student with this validation AUC gets weight 0, or None when it is kept."""
-    if auc is None or not math.isfinite(auc):
-        return "validation AUC undefined"
-    if abs(auc - 0.5) < CHANCE_MARGIN:
-        return f"validation AUC {auc:.3f} is at chance (within {CHANCE_MARGIN} of 0.5)"
-    return None
-
-
-def _combiner():
-    """Logistic regression on standardised features (the L2 penalty then treats every
-    student alike, whatever the spread of its logits); classes weighted to balance."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000))
-
-
-def _oof(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
-    """Out-of-fold combiner predictions: each video scored by a combiner not fit on it."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    k = min(5, int(np.bincount(y, minlength=2).min()))
-    if k < 2:
-        return None
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
-    return cross_val_predict(_combiner(), x, y, cv=folds, method="predict_proba")[:, 1]
-
-
-def _auc(y: np.ndarray, p: np.ndarray | None) -> float | None:
-    if p is None:
-        return None
-    auc = binary_metrics(y, p)["auc"]
-    return float(auc) if math.isfinite(auc) else None
-
-
-def _fit_one(scores: dict[str, np.ndarray], names: Sequence[str], y: np.ndarray) -> dict:
-    """One combiner on these students: weights on logit(p) (standardisation folded in), its
-    in-sample and out-of-fold predictions."""
-    x = np.column_stack([logit(scores[n]) for n in names])
-    pipe = _combiner().fit(x, y)
-    scaler, clf = pipe.named_steps["standardscaler"], pipe.named_steps["logisticregression"]
-    weights = clf.coef_[0] / scaler.scale_  # fused = sigmoid(b + sum w_i * logit(p_i))
-    oof = _oof(x, y)
-    return {"students": list(names), "weights": {n: float(w) for n, w in zip(names, weights)},
-            "intercept": float(clf.intercept_[0] - np.dot(weights, scaler.mean_)),
-            "auc_oof": _auc(y, oof), "fused": pipe.predict_proba(x)[:, 1], "fused_oof": oof}
-
-
-def fit_combiner(scores: dict[str, np.ndarray], labels: Sequence[int]) -> dict:
-    """A combiner for every non-empty subset of the students that beat chance.
-
-    -> {"models": {name: {val_auc, used, dropped_reason, weight, note}}, "combiners": [...],
-        "intercept", "fused", "fused_oof", "val_auc_oof", "val_auc_in_sample"}; the weights in
-    "models" are the all-students combiner's. UserError when no student beats chance."""
-    y = np.asarray(labels, dtype=np.int64)
-    rows = {}
-    for name, p in scores.items():
-        auc = binary_metrics(y, p)["auc"]
-        why = chance_reason(auc)
-        rows[name] = {"val_auc": float(auc) if math.isfinite(auc) else None, "used": why is None,
-                      "dropped_reason": why, "weight": 0.0, "note": ""}
-    used = [n for n in scores if rows[n]["used"]]
-    if not used:
-        raise UserError("no student beats chance on the validation videos ("
-                        + "; ".join(f"{n}: {r['dropped_reason']}" for n, r in rows.items())
-                        + "); nothing to fuse")
-    combiners = [_fit_one(scores, subset, y) for k in range(1, len(used) + 1)
-                 for subset in itertools.combinations(used, k)]
-    full = combiners[-1]
-    for n, w in full["weights"].items():
-        rows[n]["weight"] = w
-        if w < 0:
-            rows[n]["note"] = "negative weight: ranks validation videos the wrong way round"
-    return {"models": rows, "intercept": full["intercept"], "fused": full["fused"],
-            "fused_oof": full["fused_oof"], "val_auc_oof": full["auc_oof"],
-            "val_auc_in_sample": _auc(y, full["fused"]),
-            "combiners": [{k: c[k] for k in ("students", "weights", "intercept", "auc_oof")}
-                          for c in combiners]}
-
-
 # ----------------------------------------------------------------------------- outputs
 
 def _num(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def _count(n: int, n_fake: int) -> str:
+    return f"{n} ({n - n_fake} real, {n_fake} fake)"
+
+
+def which_videos(ens: dict) -> list[str]:
+    """Which videos the figures come from, in words."""
+    sel, fresh = ens["selection_videos"], ens["fresh_videos"]
+    return [f"Videos: {_count(ens['n_videos'], ens['n_fake'])} of {ens['dataset']} `{ens['data']}`:", "",
+            f"- {_count(sel['n'], sel['n_fake'])} from the students' `val_videos`: every student selected its "
+            "epoch and fitted its temperature on them;",
+            f"- {_count(fresh['n'], fresh['n_fake'])} fresh: in the students' validation split but in no "
+            "student's list (left out by a --max-videos cap), so no student trained, selected or calibrated "
+            "on them. **The headline is taken on these alone.**", "",
+            "Folds keep each group (person / source footage) whole (StratifiedGroupKFold); inside each fold "
+            "the chance rule and the combiners are fit anew on the other folds."]
+
+
 def auc_table(ens: dict) -> str:
-    """Markdown table: every student's validation AUC and weight, then the ensemble."""
-    lines = [f"Validation videos: {ens['n_videos']} ({ens['n_real']} real, {ens['n_fake']} fake) "
-             f"of {ens['dataset']} `{ens['data']}`", "",
-             "| model | val video AUC | AUC at training | weight | note |", "|---|---|---|---|---|"]
+    """Markdown: which videos, every student's validation AUC and weight, then the ensemble."""
+    lines = which_videos(ens) + ["", "| model | val video AUC | videos seen | AUC at training | weight | note |",
+                                 "|---|---|---|---|---|---|"]
     for m in ens["models"]:
         note = (m["dropped_reason"] or m["note"]).replace("|", "\\|")
         weight = f"{m['weight']:+.3f}" if m["used"] else "0"
-        lines.append(f"| {m['name']} | {_num(m['val_auc'])} | {_num(m['trained_val_auc'])} | "
-                     f"{weight} | {note} |")
-    lines.append(f"| **ensemble** | **{_num(ens['val_auc_oof'])}** | | intercept {ens['intercept']:+.3f} "
-                 "| out-of-fold: each video scored by a combiner not fit on it |")
-    lines.append(f"| ensemble, in-sample | {_num(ens['val_auc_in_sample'])} | | | fit and scored on the "
-                 "same videos: optimistic, not a result |")
-    lines += ["", "Combiners (one per subset of the useful students; used when the others are missing):",
-              "", "| students | out-of-fold AUC |", "|---|---|"]
+        lines.append(f"| {m['name']} | {_num(m['val_auc'])} | {m.get('n_seen', ens['n_videos'])} | "
+                     f"{_num(m['trained_val_auc'])} | {weight} | {note} |")
+    headline_note = ("out-of-fold, on the fresh videos only" if ens["headline_auc"] is not None else
+                     "no fresh videos of both classes: no honest figure here; see `python -m common.evaluate`")
+    lines.append(f"| **ensemble (headline)** | **{_num(ens['headline_auc'])}** | {ens['fresh_videos']['n']} | | "
+                 f"intercept {ens['intercept']:+.3f} | {headline_note} |")
+    lines.append(f"| ensemble, out-of-fold, all videos | {_num(ens['val_auc_oof'])} | {ens['n_videos']} | | | "
+                 "out-of-fold: each video scored by a combiner not fit on it; the students were selected on "
+                 "the val_videos among them: optimistic |")
+    lines.append(f"| ensemble, in-sample | {_num(ens['val_auc_in_sample'])} | {ens['n_videos']} | | | fit and "
+                 "scored on the same videos: optimistic, not a result |")
+    lines += ["", "Combiners (one per subset of the useful students; used when the others are missing or "
+              "cannot see a video, e.g. AV without audio):", "", "| students | out-of-fold AUC (on the videos all of them see) |",
+              "|---|---|"]
     lines += [f"| {', '.join(c['students'])} | {_num(c['auc_oof'])} |" for c in ens["combiners"]]
     lines += ["", "Held-out figures: `python -m common.evaluate` on a test split."]
     return "\n".join(lines) + "\n"
@@ -250,17 +218,20 @@ def write_outputs(out: Path, ens: dict, scores: dict[str, np.ndarray], labels: n
                   fused: np.ndarray) -> dict[str, Path]:
     paths = {"json": out / ENSEMBLE_FILE, "roc": out / "ensemble_roc.png", "md": out / "ensemble_auc.md"}
     atomic_write(paths["json"], lambda f: f.write(json.dumps(ens, indent=1) + "\n"), mode="w")
-    y = labels.tolist()
-    curves = {name: (y, p.tolist()) for name, p in scores.items()}
+    curves = {name: p for name, p in scores.items()}
     if fused is not None:
-        curves["ensemble (out-of-fold)"] = (y, fused.tolist())
+        curves["ensemble (out-of-fold)"] = fused
+    seen = {name: np.isfinite(p) for name, p in curves.items()}  # a student blind on a video has no point
+    curves = {name: (labels[seen[name]].tolist(), p[seen[name]].tolist()) for name, p in curves.items()}
     roc_plot(curves, paths["roc"], f"validation ROC, {ens['dataset']} ({ens['n_videos']} videos)")
     atomic_write(paths["md"], lambda f: f.write("# Ensemble validation AUC\n\n" + auc_table(ens)), mode="w")
     return paths
 
 
 def ensemble_record(students: dict[str, Student], unavailable: dict[str, str], fit: dict,
-                    settings: Settings, dataset: str, data: Path, labels: np.ndarray) -> dict:
+                    settings: Settings, dataset: str, data: Path, records: Sequence, fresh: np.ndarray) -> dict:
+    """ensemble.json: the students, the combiners, the figures and which videos they come from."""
+    labels = np.array([r.label for r in records], dtype=np.int64)
     models = []
     for name, st in students.items():
         row = fit["models"][name]
@@ -268,20 +239,25 @@ def ensemble_record(students: dict[str, Student], unavailable: dict[str, str], f
                        "temperature": st.temperature, "preprocessing": st.preprocessing,
                        "clip_len": st.clip_len, "fingerprint": st.fingerprint,
                        "trained_val_auc": st.trained_val_auc(), **row})
+    sel = labels[~fresh]
     return {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "feature": "logit of the calibrated video fake probability, clipped to [1e-6, 1-1e-6]",
             "models": models, "intercept": fit["intercept"], "threshold": THRESHOLD,
-            "val_auc_oof": fit["val_auc_oof"], "val_auc_in_sample": fit["val_auc_in_sample"],
-            "combiners": fit["combiners"], "settings": asdict(settings),
-            "dataset": dataset, "data": str(data), "split": "val", "n_videos": int(len(labels)),
-            "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
+            "headline_auc": fit["headline_auc"], "val_auc_oof": fit["val_auc_oof"],
+            "val_auc_in_sample": fit["val_auc_in_sample"], "combiners": fit["combiners"],
+            "settings": asdict(settings), "dataset": dataset, "data": str(data), "split": "val",
+            "n_videos": int(len(labels)), "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
+            "selection_videos": {"n": int(len(sel)), "n_fake": int(sel.sum())},
+            "fresh_videos": {"n": int(fresh.sum()), "n_fake": int(labels[fresh].sum()),
+                             "videos": [r.rel for r, f in zip(records, fresh) if f]},
+            "folds": "StratifiedGroupKFold over the videos' groups (person / source footage)",
             "unavailable": unavailable}
 
 
 # ----------------------------------------------------------------------------- command
 
-def run_fit(args) -> int:
-    args.workers = max(0, args.workers)
+def _load(args) -> tuple[dict, list, dict, dict, list]:
+    """-> (students, missing, incompatible, data index, validation rels), checked against --data."""
     students, missing, incompatible = load_students(args.checkpoint_dir)
     print(availability_line(students, missing))
     for name, why in incompatible.items():
@@ -295,6 +271,43 @@ def run_fit(args) -> int:
     if detect_layout(args.data) not in (None, dataset):
         raise DatasetLayoutError(f"{args.data}: a {detect_layout(args.data)} root; the students' "
                                  f"validation videos are {dataset} videos")
+    return students, missing, incompatible, index, rels
+
+
+def pool_with_faces(records: list, cache, args, settings: Settings) -> list:
+    """The records whose face crops are (now) in the cache, extracting what is missing."""
+    summary = build_face_cache(records, cache, workers=args.workers, face_model=settings.face_model,
+                               progress=sys.stderr.isatty())
+    usable = [r for r in records if cache.is_complete(r.rel)]
+    if len(usable) < len(records):
+        log.warning("%d of %d videos have no face crops (skipped: %s)",
+                    len(records) - len(usable), len(records), summary["skipped"] or summary["failed"])
+    return usable
+
+
+def score_pool(students: dict[str, Student], records: list, cache, settings: Settings, args):
+    """-> (records sorted by rel, labels, {name: scores}); a score is NaN where the student cannot
+    see the video (blind_reason: no usable audio for AV) or has no crops of it."""
+    records = sorted(records, key=lambda r: r.rel)
+    audio = {r.rel: bool(((cache.meta(r.rel) or {}).get("audio") or {}).get("present")) for r in records}
+    device = pick_device(args.device)
+    scores = {}
+    for name, st in students.items():
+        got_ids, _, probs = score_videos(st, records, cache, settings, device,
+                                         batch_size=args.batch_size, workers=args.workers)
+        by_id = dict(zip(got_ids, probs.tolist()))
+        scores[name] = np.array([math.nan if blind_reason(st, audio[r.rel]) else by_id.get(r.rel, math.nan)
+                                 for r in records])
+        blind = sum(blind_reason(st, audio[r.rel]) is not None for r in records)
+        if blind:
+            log.info("%s: not used on %d of %d videos (no usable audio)", name, blind, len(records))
+    return records, np.array([r.label for r in records], dtype=np.int64), scores
+
+
+def run_fit(args) -> int:
+    args.workers = max(0, args.workers)
+    students, missing, incompatible, index, rels = _load(args)
+    dataset = index["dataset"]
     settings, seed = choose_settings(students, args)
     for name, why in check_external(students, settings.image_size).items():
         print(f"{name}: present but incompatible, not used ({why})")
@@ -303,26 +316,16 @@ def run_fit(args) -> int:
         raise UserError(f"{args.checkpoint_dir}: no usable student left to fit")
     val = validation_records(args.data, index, rels, args.max_videos, seed)
     check_classes([r.label for r in val], str(args.data))
+    fresh = fresh_records(args.data, students, args.max_videos, seed)
     cache = make_cache(args.cache_dir, dataset, settings)
-    summary = build_face_cache(val, cache, workers=args.workers, face_model=settings.face_model,
-                               progress=sys.stderr.isatty())
-    usable = [r for r in val if cache.is_complete(r.rel, r.path)]
-    if len(usable) < len(val):
-        log.warning("%d of %d validation videos have no face crops (skipped: %s)",
-                    len(val) - len(usable), len(val), summary["skipped"] or summary["failed"])
+    usable = pool_with_faces(val + fresh, cache, args, settings)
     check_classes([r.label for r in usable], f"{cache.dir} (videos with faces)")
-    device = pick_device(args.device)
-    scores, ids, labels = {}, None, None
-    for name, st in students.items():
-        got_ids, got_labels, probs = score_videos(st, usable, cache, settings, device,
-                                                  batch_size=args.batch_size, workers=args.workers)
-        if ids is not None and got_ids != ids:
-            raise RuntimeError(f"{name} scored a different set of videos than the other students")
-        ids, labels, scores[name] = got_ids, got_labels, probs
-    fit = fit_combiner(scores, labels)
+    records, labels, scores = score_pool(students, usable, cache, settings, args)
+    fresh_mask = np.array([r.rel in {f.rel for f in fresh} for r in records], dtype=bool)
+    fit = fit_combiner(scores, labels, groups=[r.group for r in records], fresh=fresh_mask)
     unavailable = {**{n: "missing" for n in missing},
                    **{n: f"present but incompatible: {why}" for n, why in incompatible.items()}}
-    ens = ensemble_record(students, unavailable, fit, settings, dataset, args.data, labels)
+    ens = ensemble_record(students, unavailable, fit, settings, dataset, args.data, records, fresh_mask)
     for m in ens["models"]:
         if m["val_auc"] is not None and m["trained_val_auc"] is not None \
                 and abs(m["val_auc"] - m["trained_val_auc"]) > AUC_DRIFT:

@@ -3,10 +3,11 @@
 Each student gives a calibrated video score p = sigmoid(m / T), m the mean over the video's
 sampled frames (or clips) of the logit margin logit[fake] - logit[real]. A combiner is a logistic regression on logit(p):
     fused = sigmoid(intercept + sum_i weight_i * logit(p_i))
-fit on the validation videos the students' checkpoints list (common/ensemble/fit.py); a
-student at chance there gets weight 0. One combiner is fit for every subset of the useful
-students, so a student missing at predict time means the combiner fit without it, never a
-made-up 0.5.
+fit on the validation videos the students' checkpoints list (common/ensemble/fit.py,
+common/ensemble/stacking.py); a student at chance there gets weight 0. One combiner is fit
+for every subset of the useful students, so a student that is missing, or cannot see a video
+(AV on a video without usable audio: blind_reason), means the combiner fit without it, never
+a made-up 0.5.
 
 Students: `<name>_model_student.pt` for the five built-in names, `ll`, and any other name;
 each is this suite's student format or a TorchScript module (common/ensemble/external.py).
@@ -184,6 +185,15 @@ def score_videos(student: Student, records: Sequence, cache: FaceCache, settings
     model = student.model.to(device)
     ids, labels, logits = predict(model, loader, make_precision(device, amp=True))
     return video_probabilities(ids, labels, logits, student.temperature)  # sigmoid(mean frame margin / T)
+
+
+NO_AUDIO = "no usable audio track (none, or it failed to decode)"
+
+
+def blind_reason(student: Student, audio_present: bool) -> str | None:
+    """Why `student` cannot see a video, or None when its input is there: a student that
+    reads audio is blind on a video without usable audio (it would score silence)."""
+    return NO_AUDIO if student.with_audio and not audio_present else None
 
 
 def logit(p) -> np.ndarray:

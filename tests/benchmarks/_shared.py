@@ -23,13 +23,10 @@ DEFAULT_CACHE_DIR = os.environ.get("BENCH_CACHE_DIR", "/tmp/bench_cache")
 
 
 def realdata_dir() -> Path | None:
-    """The real videos' folder: $DEEPFAKE_REALDATA_DIR, else ../shared/realdata beside the
-    repository; None where absent (the benchmark then skips them). The one place it is looked up."""
+    """The real videos' folder, $DEEPFAKE_REALDATA_DIR (a folder holding ffpp/, as for the
+    tests); None where unset or absent (the benchmark then skips them)."""
     env = os.environ.get("DEEPFAKE_REALDATA_DIR")
-    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "realdata"]:
-        if base.is_dir():
-            return base
-    return None
+    return Path(env) if env and Path(env).is_dir() else None
 
 
 # ----------------------------------------------------------------------------- conditions

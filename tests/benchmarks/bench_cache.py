@@ -5,7 +5,7 @@ extraction's wall against CPU time, and what decoding costs per training sample.
     python -m tests.benchmarks.bench_cache --no-real --synthetic 0 --video X.mp4   # your files
 
 At the defaults (224 px, 32 sample points, runs of 8, every stored view, YuNet), per video:
-the real videos of ../shared/realdata (DEEPFAKE_REALDATA_DIR overrides; skipped where absent),
+the real videos under $DEEPFAKE_REALDATA_DIR (skipped where unset),
 a synthetic 1080p 10 s video (common.sample_data's face video, "DFDC-like" in size and length;
 its source bytes depend on how well the generator's picture compresses), and --video files.
   bytes           the entry's files (views, mel, json) as common.faces.cache writes them
