@@ -458,8 +458,8 @@ def test_fit_scores_av_only_on_videos_with_audio(fitted, monkeypatch):
     deaf = val[1].rel
     real_meta = FaceCache.meta
 
-    def meta(self, rel):
-        m = real_meta(self, rel)
+    def meta(self, rel, source=None):
+        m = real_meta(self, rel, source)
         return dict(m, audio={"present": False, "reason": "audio track failed to decode"}) if rel == deaf else m
 
     monkeypatch.setattr(FaceCache, "meta", meta)

@@ -278,7 +278,7 @@ def pool_with_faces(records: list, cache, args, settings: Settings) -> list:
     """The records whose face crops are (now) in the cache, extracting what is missing."""
     summary = build_face_cache(records, cache, workers=args.workers, face_model=settings.face_model,
                                progress=sys.stderr.isatty())
-    usable = [r for r in records if cache.is_complete(r.rel)]
+    usable = [r for r in records if cache.is_complete(r.rel, r.path)]
     if len(usable) < len(records):
         log.warning("%d of %d videos have no face crops (skipped: %s)",
                     len(records) - len(usable), len(records), summary["skipped"] or summary["failed"])
@@ -289,7 +289,7 @@ def score_pool(students: dict[str, Student], records: list, cache, settings: Set
     """-> (records sorted by rel, labels, {name: scores}); a score is NaN where the student cannot
     see the video (blind_reason: no usable audio for AV) or has no crops of it."""
     records = sorted(records, key=lambda r: r.rel)
-    audio = {r.rel: bool(((cache.meta(r.rel) or {}).get("audio") or {}).get("present")) for r in records}
+    audio = {r.rel: bool(((cache.meta(r.rel, r.path) or {}).get("audio") or {}).get("present")) for r in records}
     device = pick_device(args.device)
     scores = {}
     for name, st in students.items():
