@@ -91,5 +91,12 @@ for line in sys.stdin:
     print(f\"{'$(basename "$f" .metrics.jsonl)':32s} val video AUC {f['val']['video']['auc']:.3f}, temperature {f['temperature']:.2f}\")
 " >> "$out/summary.txt"
 done
+# Each stage's training rate as its progress bar last showed it (samples = frames, or clips
+# for TM and AV): the per-GPU rate bench_loader sizes the loader against. Tiny data: an epoch
+# is a few steps, so warm-up is in it.
+for name in tm_stage1 tm_stage2 tm_stage4 av_stage1 cm_stage1_torchrun; do
+  rate=$(grep -ao 'samples_s=[0-9.]*' "$work/logs/$name.log" 2>/dev/null | tail -n 1 | cut -d= -f2)
+  [ -n "$rate" ] && echo "$name: training samples/s as last shown $rate" >> "$out/summary.txt"
+done
 tar czf "$out/logs.tar.gz" -C "$work" logs
 echo "summary: $out/summary.txt"

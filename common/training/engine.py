@@ -104,6 +104,10 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def make_precision(device: torch.device, amp: bool) -> Precision:
     """bf16 where the GPU supports it, else fp16 with a scaler; full precision on the CPU."""
     dtype = None
+    if device.type == "cuda":
+        # every batch has the same shape, so cuDNN's per-shape kernel search pays for itself
+        # (fp32 efficientnet_b4 on an H200: 446-497 -> 648 img/s in a probe)
+        torch.backends.cudnn.benchmark = True
     if amp and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
