@@ -45,7 +45,7 @@ def test_extraction_benchmark_runs(tmp_path, yunet_model):
     assert res["videos"][0]["n_frames"] == 10 and set(res["videos"][0]["breakdown_s"]) == {"yunet", "haar"}
 
 
-def test_cache_benchmark_runs(tmp_path):
+def test_cache_benchmark_runs(tmp_path, yunet_model):  # extraction at the defaults: YuNet
     res = bench_cache.main([
         "--video-dir", str(tmp_path), "--work-dir", str(tmp_path), "--no-real", "--width", "160",
         "--height", "120", "--face-px", "72", "--seconds", "1", "--fps", "10", "--rounds", "1",
