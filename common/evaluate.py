@@ -39,7 +39,7 @@ from common.data.samples import FaceSamples
 from common.ensemble.fit import choose_settings
 from common.ensemble.students import (ENSEMBLE_FILE, Student, blind_reason, check_external, fuse, load_ensemble,
                                       load_students, pick_device)
-from common.errors import EXIT_DISK, UserError, is_disk_fault
+from common.errors import UserError, fault_exit
 from common.faces.views import recorded_view
 from common.preprocess import ClipTransform
 from common.training import held_out
@@ -305,10 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except (UserError, OSError) as e:  # a bad flag or file: 2; a write the disk refused: 3
-        if not isinstance(e, UserError) and not is_disk_fault(e):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DISK if is_disk_fault(e) else 2
+        return fault_exit(e)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from common.ensemble.fit import run_fit
 from common.ensemble.students import (ENSEMBLE_FILE, Settings, Student, blind_reason, check_external, combiner_for,
                                       fuse, load_ensemble, load_student, make_cache, pick_device, score_videos,
                                       student_path, views_needed)
-from common.errors import EXIT_DISK, UserError, is_disk_fault
+from common.errors import UserError, fault_exit
 from common.faces.cache import NoFaceError
 from common.faces.detectors import make_detector
 from common.faces.extraction import extract_video, face_settings
@@ -171,7 +171,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_fit(args)
         return run_predict(args)
     except (UserError, OSError) as e:  # a bad flag or file: 2; a write the disk refused: 3
-        if not isinstance(e, UserError) and not is_disk_fault(e):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DISK if is_disk_fault(e) else 2
+        return fault_exit(e)
