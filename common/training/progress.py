@@ -1,7 +1,7 @@
 """Training progress: one row per model and stage, read from checkpoints and metrics files.
 
 `python -m common.status [--checkpoint-dir DIR]` prints the table and exits 1 when any
-stage collapsed or failed. The stage scripts write the same table into TRAINING_STATUS.md
+stage collapsed, failed or has an unreadable checkpoint. The stage scripts write the same table into TRAINING_STATUS.md
 between two markers, leaving every other line of that file as it was.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def live_row(model: str, stage: str, state: str, epoch: int, epochs: int,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m common.status",
                                 description="Print the training progress table from checkpoint files; "
-                                            "exit 1 when a stage failed or collapsed.")
+                                            "exit 1 when a stage failed, collapsed or has an unreadable checkpoint.")
     p.add_argument("--checkpoint-dir", type=Path,
                    help="the folder the stage scripts wrote into (default: checkpoints, as theirs)")
     args = p.parse_args(argv)
