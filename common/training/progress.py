@@ -1,8 +1,8 @@
 """Training progress: one row per model and stage, read from checkpoints and metrics files.
 
 `python -m common.status [--checkpoint-dir DIR]` prints the table and exits 1 when any
-stage collapsed, failed or has an unreadable checkpoint. The stage scripts write the same table into TRAINING_STATUS.md
-between two markers, leaving every other line of that file as it was.
+stage collapsed, failed or has an unreadable checkpoint. The stage scripts write the same table
+into TRAINING_STATUS.md between two markers, leaving every other line of that file as it was.
 """
 from __future__ import annotations
 
