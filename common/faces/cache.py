@@ -3,8 +3,7 @@
 Layout under <root>/<dataset>_s<crop>_n<N>_t<T>_<detector>[_<preprocessing>]/, per video
 key (rel with "/" turned into "__", extension dropped):
   <key>.<view>.frames  the crops of one view (common/faces/views.py: face, context, native)
-                  in that view's codec, one frame at a time, in a checked container
-                  (common/faces/codec.py): K <= N sample points that show a face, each a run of
+                  in that view's codec (common/faces/codec.py), in a checked container: K <= N sample points that show a face, each a run of
                   T consecutive frames for a view a clip model reads, else the run's centre frame
   <key>.mel.bin   float32 [N_MELS, F] log-mel of the whole track (only when audio present)
   <key>.json      metadata, written last: its presence means the entry is complete. It records
@@ -44,9 +43,10 @@ from common.faces import codec
 from common.faces.views import STORED_VIEWS, check_view, run_length
 from common.recipes import DEFAULTS
 
-CACHE_VERSION = 4  # 2: own detections only, points without a face dropped (K <= N runs);
+CACHE_VERSION = 5  # 2: own detections only, points without a face dropped (K <= N runs);
 #                    3: boxes interpolated between agreeing detections (DETECT_STRIDE);
-#                    4: compressed views, sizes and checksums, the source's stamp
+#                    4: compressed views, sizes and checksums, the source's stamp;
+#                    5: the face view's runs coded as H.264 (common/faces/h264.py)
 LEGACY_SUFFIXES = (".npy", ".context.npy", ".native.npy", ".mel.npy")  # version <= 3 files
 AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
 
@@ -248,10 +248,11 @@ class FaceCache:
             return None
         k, t = len(meta["frame_indices"]), self.run_length(view)
         try:
-            frames = codec.read_frames(self.view_path(rel, view), view, 0, k * t)
+            path = self.view_path(rel, view)
+            runs = [codec.read_frames(path, view, i, t, 0, t, side=self.crop_size) for i in range(k)]
         except (OSError, ValueError):
             return None
-        return frames.reshape(k, t, *frames.shape[1:]), meta
+        return np.stack(runs), meta
 
     def read_frames(self, rel: str, view: str, point: int, start: int, count: int,
                     out: np.ndarray | None = None) -> np.ndarray:
@@ -259,9 +260,9 @@ class FaceCache:
         and decoded (the one decoder of training, validation, evaluate and predict). A
         truncated or corrupt entry is marked for re-extraction and raises CacheDamagedError.
         `out`: a uint8 [count, S, S, 3] array to decode into (and return)."""
-        first = point * self.run_length(view) + start
         try:
-            return codec.read_frames(self.view_path(rel, view), view, first, count, out)
+            return codec.read_frames(self.view_path(rel, view), view, point, self.run_length(view),
+                                     start, count, out, side=self.crop_size)
         except (OSError, ValueError) as exc:
             raise self._damaged(rel, exc) from None
 

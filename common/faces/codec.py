@@ -1,21 +1,21 @@
-"""How the face cache stores pixels: one codec per view, frames packed in a checked container.
+"""How the face cache stores pixels: one codec per view, payloads packed in a checked container.
 
 Chosen by measurement (README, "Face cache on disk"; tests/benchmarks/bench_cache.py) on the
 crops of the real FF++ videos at the defaults (224 px, 32 points, runs of 8):
-  face     JPEG quality 83, 4:2:0, optimised Huffman tables: 1.86 MB per video (15 MB as
-           lossless PNG, 38.5 MB raw); PSNR against the raw crop 41.3-43.2 dB per video,
-           40.0 dB on its worst frame (quality 85: 1.96 MB, 41.7 dB; 80: 1.70 MB, but 39.5 dB
-           on its worst frame)
-  context  JPEG quality 95: 0.50 MB; 42.0-44.6 dB per video, 41.0 dB worst frame (the scene
-           holds more fine detail than a face: quality 85 gave 38 dB there)
+  face     each run of T frames one short H.264 stream (common/faces/h264.py), CRF 12, 4:2:0:
+           ~0.95 MB per video at 41.0-42.5 dB against the raw crop (JPEG quality 83, frame by
+           frame, took 1.86 MB for 41.3 dB; lossless PNG 15 MB; raw 38.5 MB). A clip decodes
+           in ~2.9 ms against JPEG's ~2.3 ms, a run's centre frame (all RR reads) in ~0.55 ms
+  context  JPEG quality 95, one frame per point: 0.50 MB; 42.0-44.6 dB per video, 41.0 dB worst
+           frame (the scene holds more fine detail than a face: quality 85 gave 38 dB there)
   native   lossless WebP (Pillow, method 0): bit-exact, CM reads the codec's own 8-px grid;
            1.63 MB (PNG 1.94 MB; WebP's slowest method 1.46 MB at 18x the encode time)
   mel      the float32 log-mel as it is (its shape, then its bytes)
 A stage's CLAHE, applied before encoding (Celeb-DF's cache), sharpens local contrast: the face
-view then needs quality 88 for 40 dB (40.3 dB worst video; 83 gave 39.3). DFDC's CLAHE +
-bilateral filter keeps 83 (40.2 dB). Such caches are larger (PREPROCESSING_GROWTH).
-Every view is encoded one frame at a time: any frame decodes alone, so a sample reads only
-its own frames.
+view then needs CRF 7 for 40 dB; DFDC's CLAHE + bilateral filter keeps 12. Such caches are
+larger (PREPROCESSING_GROWTH).
+The context and native views are stored a frame per payload, the face view a frame per
+payload in its runs' coding order: a sample reads and decodes only its own run.
 
 Container (<key>.<view>.frames, <key>.mel.bin): MAGIC, u32 count, count x (u32 length, u32
 crc32), then the payloads back to back. The per-payload crc32 catches a corrupt frame where
@@ -30,11 +30,13 @@ from typing import Sequence
 
 import numpy as np
 
+from common.faces import h264
+
 MAGIC = b"DFC1"
 _HEAD = struct.Struct("<4sI")
 _ITEM = struct.Struct("<II")
-VIEW_CODECS = {"face": ("jpeg", 83), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
-QUALITY_WITH = {("face", "clahe"): 88}  # (view, preprocessing) -> JPEG quality, where it differs
+VIEW_CODECS = {"face": ("h264", 12), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
+QUALITY_WITH = {("face", "clahe"): 7}  # (view, preprocessing) -> quality (CRF for H.264), where it differs
 # Measured bytes per stored pixel at the defaults (above), with ~10 % headroom: the disk
 # estimate printed before extraction (estimate_entry_bytes).
 BYTES_PER_PIXEL = {"face": 0.16, "context": 0.34, "native": 1.15}
@@ -56,8 +58,10 @@ def codec_of(view: str, preprocessing: str = "none") -> tuple[str, int]:
 
 
 def encode_frame(frame: np.ndarray, view: str, preprocessing: str = "none") -> bytes:
-    """One uint8 [S, S, 3] RGB frame in its view's codec."""
+    """One uint8 [S, S, 3] RGB frame in its view's codec (a view coded frame by frame)."""
     kind, quality = codec_of(view, preprocessing)
+    if kind == "h264":
+        raise ValueError(f"the {view} view is coded a run at a time (encode_view)")
     if kind == "webp_lossless":  # Pillow: OpenCV cannot choose WebP's (fastest) method 0
         from PIL import Image
 
@@ -96,8 +100,25 @@ def pack(payloads: Sequence[bytes]) -> bytes:
 
 
 def encode_view(crops: np.ndarray, view: str, preprocessing: str = "none") -> bytes:
-    """uint8 [K, T, S, S, 3] -> container bytes, frames in (point, t) order."""
+    """uint8 [K, T, S, S, 3] -> container bytes, K x T payloads in point order; within a
+    point, frame t for a per-frame codec, h264.coding_order for H.264."""
+    kind, quality = codec_of(view, preprocessing)
+    if kind == "h264":
+        return pack([p for run in crops for p in h264.encode_run(run, quality)])
     return pack([encode_frame(f, view, preprocessing) for f in crops.reshape(-1, *crops.shape[-3:])])
+
+
+def round_trip(crops: np.ndarray, view: str, preprocessing: str = "none") -> np.ndarray:
+    """uint8 [K, T, S, S, 3] as the cache gives them back: encoded and decoded (what every
+    reader sees; tests and benchmarks compare with it)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".frames") as f:
+        f.write(encode_view(crops, view, preprocessing))
+        f.flush()
+        k, t = crops.shape[:2]
+        return np.stack([read_frames(f.name, view, point, t, 0, t, side=crops.shape[-2])
+                         for point in range(k)])
 
 
 def encode_array(arr: np.ndarray) -> bytes:
@@ -134,10 +155,19 @@ def read_payloads(path, first: int, count: int) -> list[bytes]:
     return out
 
 
-def read_frames(path, view: str, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [count, S, S, 3]: frames first.. of a view's container, checked and decoded
-    (into `out` when given)."""
-    frames = [decode_frame(p, view) for p in read_payloads(path, first, count)]
+def read_frames(path, view: str, point: int, run_len: int, start: int, count: int,
+                out: np.ndarray | None = None, side: int | None = None) -> np.ndarray:
+    """uint8 [count, S, S, 3]: frames start.. of sample point `point` (runs of run_len) of a
+    view's container, checked and decoded (into `out` when given). `side`: the crop's side S,
+    where a coded frame may be larger (H.264 pads an odd side by one)."""
+    if VIEW_CODECS[view][0] == "h264":
+        wanted = range(start, start + count)
+        payloads = read_payloads(path, point * run_len, h264.payloads_needed(run_len, wanted))
+        try:
+            return h264.decode_run(payloads, run_len, wanted, side, out)
+        except ValueError as exc:
+            raise DamagedEntryError(f"{path}: {exc}") from None
+    frames = [decode_frame(p, view) for p in read_payloads(path, point * run_len + start, count)]
     if out is None:
         return np.stack(frames)
     if out.shape != (count, *frames[0].shape):

@@ -6,8 +6,9 @@ the on-device augmentation's cost, against the model's train step on the same ma
 Side by side, order rotating per round: one worker (as common.training.stage_data builds it: read
 the cached frames, check and decode them (common/faces/codec.py), collate; the stage's CLAHE /
 bilateral filter are in the cache already) for a single frame of the native view (CM's
-lossless WebP: the dearest single-frame decode; BG's and RR's JPEG frames cost less) and a
-clip of the face view with its log-mel window (TM's JPEG clip plus what AV reads beside it); the stage's ClipAugmenter on a batch (common.training.augment: it runs on the
+lossless WebP: the dearest single-frame decode; BG's JPEG and RR's H.264 centre frame cost
+less) and a clip of the face view with its log-mel window (TM's H.264 run plus what AV reads
+beside it); the stage's ClipAugmenter on a batch (common.training.augment: it runs on the
 training device, here the CPU); and one optimiser step of the student (BG for single frames,
 TM for clips) on a batch of the same size. From the worker rates it sizes the loader of an
 8-GPU box for the assumed per-GPU rate (--gpu-images-per-s; NOT measured here: see
@@ -178,7 +179,7 @@ def run(args) -> dict:
             cache_entries=f"{args.videos} synthetic videos, [{args.points}, {args.clip_len}, "
                           f"{args.image_size}, {args.image_size}, 3] crops each, in the cache's "
                           "codecs (frame: the native view, lossless WebP; clip: the face view, "
-                          "JPEG, with a 10 s log-mel)",
+                          "H.264 runs, with a 10 s log-mel)",
             gpu_assumption=GPU_ASSUMPTION, gpu_images_per_s=args.gpu_images_per_s,
             model_step=f"AdamW, cross-entropy, fp32 on the CPU ({args.model_threads} torch "
                        "thread(s)), random input, after one warm-up",

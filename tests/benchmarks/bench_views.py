@@ -5,7 +5,7 @@
 The same synthetic face videos (common.data.synthetic.face_video) are written twice, at H.264
 CRF 18 (label 0) and CRF 35 (label 1). Both views come from one extraction (the one face path,
 Haar boxes), each through its face-cache codec as training reads it (common/faces/codec.py:
-face JPEG, native lossless). Two CM students with the same seed, backbone, batches and steps are trained, one
+face H.264 runs, native lossless). Two CM students with the same seed, backbone, batches and steps are trained, one
 on each view with that view's stage-1 augmentation (augment.view_level), and scored on held-out
 sources (both codings of a source are on the same side of the split), once per seed. Figures:
 the mean video and frame AUCs of each view side by side, and native minus face. The verdict:
@@ -64,7 +64,7 @@ def make_views(work: Path, sources: int, frames: int, size: tuple[int, int], crf
     from common.faces.extraction import video_views
 
     def stored(frames: np.ndarray, view: str) -> np.ndarray:  # what the cache gives back
-        return np.stack([codec.decode_frame(codec.encode_frame(f, view), view) for f in frames])
+        return codec.round_trip(frames[:, None], view)[:, 0]  # a one-frame run per point
 
     det = make_detector("haar")
     out: dict = {"face": [], "native": [], "label": [], "source": []}
