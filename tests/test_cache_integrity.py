@@ -165,7 +165,9 @@ def test_an_older_format_is_redone_with_one_line(source, tmp_path, caplog):
 
 def test_the_estimate_is_the_measured_figure_per_video():
     one = codec.estimate_entry_bytes(224, 32, 8, STORED_VIEWS)
-    assert 4.0e6 < one < 5.0e6  # the per-video figure at the defaults (README, "Face cache")
+    # the per-video figure at the defaults, with its headroom: the real FF++ entries measured
+    # 2.8-3.2 MB (README, "Format (version 5)")
+    assert 3.2e6 < one < 3.8e6
     assert codec.estimate_entry_bytes(224, 32, 8, STORED_VIEWS, preprocessing="clahe") > 1.3 * one
     records = [VideoRecord(f"/x/{i}.mp4", f"{i}.mp4", 0, "g", "train", i < 2, None, None) for i in range(5)]
     cache = FaceCache("unused", "x", 224, 32, 8, "none")

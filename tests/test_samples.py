@@ -132,7 +132,7 @@ def test_stage_preprocessing_is_stored_once_in_its_own_cache(sample_root, tmp_pa
     crops, _ = video_crops(rec.path, 2, 3, 32, make_detector("haar"))
     frames = apply_preprocessing(crops.reshape(-1, 32, 32, 3), "clahe").reshape(crops.shape)
     expected = codec.round_trip(frames, "face", "clahe")
-    assert meta["codecs"]["face"] == ["h264", 7]  # CLAHE's crops need a lower CRF for 40 dB
+    assert meta["codecs"]["face"] == ["h264", 9]  # CLAHE's crops need a lower CRF for 40 dB
     assert np.array_equal(done, expected.reshape(done.shape)) and not np.array_equal(done, raw)
 
 

@@ -5,7 +5,7 @@ key (rel with "/" turned into "__", extension dropped):
   <key>.<view>.frames  the crops of one view (common/faces/views.py: face, context, native)
                   in that view's codec (common/faces/codec.py), in a checked container: K <= N sample points that show a face, each a run of
                   T consecutive frames for a view a clip model reads, else the run's centre frame
-  <key>.mel.bin   float32 [N_MELS, F] log-mel of the whole track (only when audio present)
+  <key>.mel.bin   [N_MELS, F] log-mel of the whole track, float16 (only when audio present)
   <key>.json      metadata, written last: its presence means the entry is complete. It records
                   each file's size and crc32, the source video's size and mtime (an entry is
                   used only while the dataset's video still has them) and a crc32 of itself
@@ -46,7 +46,8 @@ from common.recipes import DEFAULTS
 CACHE_VERSION = 5  # 2: own detections only, points without a face dropped (K <= N runs);
 #                    3: boxes interpolated between agreeing detections (DETECT_STRIDE);
 #                    4: compressed views, sizes and checksums, the source's stamp;
-#                    5: the face view's runs coded as H.264 (common/faces/h264.py)
+#                    5: the face view's runs coded as H.264 (common/faces/h264.py),
+#                       the log-mel as float16
 LEGACY_SUFFIXES = (".npy", ".context.npy", ".native.npy", ".mel.npy")  # version <= 3 files
 AUDIO_FAILED = "audio track failed to decode"  # meta["audio"]["reason"]; counted in summaries
 

@@ -1,21 +1,22 @@
 """How the face cache stores pixels: one codec per view, payloads packed in a checked container.
 
-Chosen by measurement (README, "Face cache on disk"; tests/benchmarks/bench_cache.py) on the
+Chosen by measurement (README, "Format (version 5)"; tests/benchmarks/bench_cache.py) on the
 crops of the real FF++ videos at the defaults (224 px, 32 points, runs of 8):
-  face     each run of T frames one short H.264 stream (common/faces/h264.py), CRF 12, 4:2:0:
-           ~0.95 MB per video at 41.0-42.5 dB against the raw crop (JPEG quality 83, frame by
-           frame, took 1.86 MB for 41.3 dB; lossless PNG 15 MB; raw 38.5 MB). A clip decodes
-           in ~2.9 ms against JPEG's ~2.3 ms, a run's centre frame (all RR reads) in ~0.55 ms
+  face     each run of T frames one short H.264 stream (common/faces/h264.py), CRF 14, 4:2:0:
+           0.77-0.96 MB per video at 40.9-42.3 dB against the raw crop (format 4's JPEG,
+           quality 83 frame by frame, took 1.86 MB for 41.3 dB, and 80 fell below 40 dB;
+           lossless PNG 15 MB; raw 38.5 MB). Read cost: a clip of 8 2.0 ms (JPEG 2.2), a
+           run's centre frame, all RR reads, 0.62 ms (JPEG 0.39)
   context  JPEG quality 95, one frame per point: 0.50 MB; 42.0-44.6 dB per video, 41.0 dB worst
            frame (the scene holds more fine detail than a face: quality 85 gave 38 dB there)
   native   lossless WebP (Pillow, method 0): bit-exact, CM reads the codec's own 8-px grid;
            1.63 MB (PNG 1.94 MB; WebP's slowest method 1.46 MB at 18x the encode time)
-  mel      the float32 log-mel as it is (its shape, then its bytes)
+  mel      the log-mel as float16 (its shape, then its bytes): 0.13 MB per 10 s
 A stage's CLAHE, applied before encoding (Celeb-DF's cache), sharpens local contrast: the face
-view then needs CRF 7 for 40 dB; DFDC's CLAHE + bilateral filter keeps 12. Such caches are
-larger (PREPROCESSING_GROWTH).
+view then needs CRF 9 for 40 dB (40.3 dB on the worst video; CRF 10 gave 40.0); DFDC's
+CLAHE + bilateral filter keeps 14 (40.2 dB). Such caches are larger (PREPROCESSING_GROWTH).
 The context and native views are stored a frame per payload, the face view a frame per
-payload in its runs' coding order: a sample reads and decodes only its own run.
+payload in each run's decode order: a sample reads and decodes only (part of) its own run.
 
 Container (<key>.<view>.frames, <key>.mel.bin): MAGIC, u32 count, count x (u32 length, u32
 crc32), then the payloads back to back. The per-payload crc32 catches a corrupt frame where
@@ -35,16 +36,16 @@ from common.faces import h264
 MAGIC = b"DFC1"
 _HEAD = struct.Struct("<4sI")
 _ITEM = struct.Struct("<II")
-VIEW_CODECS = {"face": ("h264", 12), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
-QUALITY_WITH = {("face", "clahe"): 7}  # (view, preprocessing) -> quality (CRF for H.264), where it differs
-# Measured bytes per stored pixel at the defaults (above), with ~10 % headroom: the disk
-# estimate printed before extraction (estimate_entry_bytes).
-BYTES_PER_PIXEL = {"face": 0.16, "context": 0.34, "native": 1.15}
-MEL_BYTES_PER_S = 26_000  # 64 mels x 100 frames/s x float32, + header
-# Bytes of a preprocessed cache over a plain one, measured at the defaults (with its quality):
-# CLAHE 5.1 MB on the real videos at quality 83 against 4.0 plain, x ~1.08 for quality 88;
-# CLAHE + bilateral 4.03 MB against 3.27 on the synthetic 1080p video.
-PREPROCESSING_GROWTH = {"none": 1.0, "clahe": 1.4, "clahe_bilateral": 1.25}
+VIEW_CODECS = {"face": ("h264", 14), "context": ("jpeg", 95), "native": ("webp_lossless", 0)}
+QUALITY_WITH = {("face", "clahe"): 9}  # (view, preprocessing) -> quality (CRF for H.264), where it differs
+# Measured bytes per stored pixel at the defaults (the real FF++ videos' largest entries),
+# with ~10 % headroom: the disk estimate printed before extraction (estimate_entry_bytes).
+BYTES_PER_PIXEL = {"face": 0.083, "context": 0.34, "native": 1.15}
+MEL_BYTES_PER_S = 13_000  # 64 mels x 100 frames/s x float16, + header
+# Bytes of a preprocessed cache over a plain one, measured on the real FF++ videos at the
+# defaults (medians, each at its own CRF): CLAHE 5.21 MB against 2.98 MB plain (x 1.75);
+# CLAHE + bilateral 3.50 MB (x 1.18; the synthetic 1080p video: 3.14 against 2.24 MB).
+PREPROCESSING_GROWTH = {"none": 1.0, "clahe": 1.75, "clahe_bilateral": 1.2}
 
 
 class DamagedEntryError(OSError):
@@ -101,7 +102,7 @@ def pack(payloads: Sequence[bytes]) -> bytes:
 
 def encode_view(crops: np.ndarray, view: str, preprocessing: str = "none") -> bytes:
     """uint8 [K, T, S, S, 3] -> container bytes, K x T payloads in point order; within a
-    point, frame t for a per-frame codec, h264.coding_order for H.264."""
+    point, frame t for a per-frame codec, the run's decode order for H.264 (h264.encode_run)."""
     kind, quality = codec_of(view, preprocessing)
     if kind == "h264":
         return pack([p for run in crops for p in h264.encode_run(run, quality)])
@@ -122,9 +123,10 @@ def round_trip(crops: np.ndarray, view: str, preprocessing: str = "none") -> np.
 
 
 def encode_array(arr: np.ndarray) -> bytes:
-    """A float32 2-D array (the log-mel) as a one-payload container: its two dimensions
-    (u32 each), then its C-order bytes."""
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    """A 2-D array (the log-mel, values in [-1, 1]) as a one-payload container: its two
+    dimensions (u32 each), then its C-order bytes as float16 (steps of at most 2^-11 there,
+    0.02 dB of the mel; half the bytes of float32)."""
+    arr = np.ascontiguousarray(arr, dtype="<f2")
     return pack([struct.pack("<II", *arr.shape) + arr.tobytes()])
 
 
@@ -181,9 +183,9 @@ def read_array(path) -> np.ndarray:
     """The float32 [rows, cols] array of an encode_array container, checked."""
     (data,) = read_payloads(path, 0, 1)
     rows, cols = struct.unpack_from("<II", data)
-    if len(data) != 8 + 4 * rows * cols:
+    if len(data) != 8 + 2 * rows * cols:
         raise DamagedEntryError(f"{path}: array of {rows}x{cols} does not match its {len(data)} bytes")
-    return np.frombuffer(data, dtype=np.float32, offset=8).reshape(rows, cols)
+    return np.frombuffer(data, dtype="<f2", offset=8).reshape(rows, cols).astype(np.float32)
 
 
 def file_check(path) -> dict:
