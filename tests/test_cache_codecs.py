@@ -99,3 +99,17 @@ def test_the_log_mel_is_stored_as_float16_within_a_fiftieth_of_a_db(tmp_path):
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(codec.DamagedEntryError):
         codec.read_array(path)
+
+
+def test_extraction_without_libx264_stops_first_with_one_line(sample_root, tmp_path, monkeypatch, capsys):
+    import av
+
+    from common.extract import main as extract_main
+
+    monkeypatch.setattr(av, "codecs_available", set(av.codecs_available) - {"libx264"})
+    args = ["--dataset", "faceforensics", "--data", str(sample_root / "faceforensics"),
+            "--cache-dir", str(tmp_path / "c"), "--face-detector", "none", "--workers", "0", "--no-progress"]
+    assert extract_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no libx264 encoder" in err[0]
+    assert not list((tmp_path / "c").rglob("*.frames"))  # nothing extracted

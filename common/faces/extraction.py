@@ -24,6 +24,7 @@ import numpy as np
 
 from common.data.audio import HOP_S, SAMPLE_RATE, decode_audio as _decode_audio, log_mel
 from common.errors import UserError
+from common.faces import codec, h264
 from common.faces.cache import AUDIO_FAILED, CacheWriteError, FaceCache, NoFaceError, file_stamp, shard_of, write_json
 from common.faces.crops import detect_and_crop
 from common.faces.detectors import BOX_SCALE, COARSE_SIDE, FIRST_MARGIN, MIN_COARSE_FACE, YUNET_SCORE, make_detector
@@ -237,6 +238,8 @@ def build_face_cache(records: Iterable[Any], cache: FaceCache, workers: int = 0,
     if n < 1 or not 0 <= i < n:
         raise UserError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     make_detector(cache.detector, face_model, max_side=detect_max_side)  # fail early (exit 2)
+    if any(codec.codec_of(v)[0] == "h264" for v in cache.views):
+        h264.require_encoder()
     t0 = time.perf_counter()
     summary, mine, pending, missing = plan_extraction(records, cache, shard, retry_skipped)
     _prepare_cache(cache, pending, missing)

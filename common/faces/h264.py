@@ -33,6 +33,18 @@ GOP = "bframes=3:b-adapt=0:b-pyramid=none"  # a fixed pattern of B-frames: 14 % 
 _START = re.compile(b"\x00\x00\x01")
 
 
+def require_encoder() -> None:
+    """A one-line UserError when this PyAV build has no libx264 (PyAV's own wheels have it;
+    an FFmpeg built without GPL parts does not): checked before any extraction starts."""
+    import av
+
+    from common.errors import UserError
+
+    if "libx264" not in av.codecs_available:
+        raise UserError(f"PyAV {av.__version__} here has no libx264 encoder, which the face cache "
+                        "codes the face view with; install PyAV's own wheel (pip install --force-reinstall av)")
+
+
 def coding_order(t: int) -> list[int]:
     """Frame indices of a run of t in the order they are coded: centre first."""
     c = t // 2
