@@ -11,7 +11,7 @@ bytes of per-frame JPEG at the same PSNR (README, "Format (version 5)"). Choices
   fastdecode     no CABAC and no deblocking: a clip decodes in ~60 % of the time, for ~15 %
                  more bytes
   psnr           no adaptive quantisation or psycho-visual tuning: bits go where the error
-                 is, not where an eye would look (CRF 14 with it: ~10 % fewer bytes than
+                 is, not where an eye would look (CRF 14 with it: ~15 % fewer bytes than
                  CRF 12 without, at the same PSNR)
   superfast      40 % less encoding time than `veryfast` (0.19 s against 0.32 s per video
                  at the defaults), ~10 % more bytes: extraction stays within 2x its decode
