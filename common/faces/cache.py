@@ -3,8 +3,9 @@
 Layout under <root>/<dataset>_s<crop>_n<N>_t<T>_<detector>[_<preprocessing>]/, per video
 key (rel with "/" turned into "__", extension dropped):
   <key>.<view>.frames  the crops of one view (common/faces/views.py: face, context, native)
-                  in that view's codec (common/faces/codec.py), in a checked container: K <= N sample points that show a face, each a run of
-                  T consecutive frames for a view a clip model reads, else the run's centre frame
+                  in that view's codec (common/faces/codec.py), in a checked container:
+                  K <= N sample points that show a face, each a run of T consecutive frames
+                  for a view a clip model reads, else the run's centre frame
   <key>.mel.bin   [N_MELS, F] log-mel of the whole track, float16 (only when audio present)
   <key>.json      metadata, written last: its presence means the entry is complete. It records
                   each file's size and crc32, the source video's size and mtime (an entry is

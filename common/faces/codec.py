@@ -162,7 +162,7 @@ def read_frames(path, view: str, point: int, run_len: int, start: int, count: in
     """uint8 [count, S, S, 3]: frames start.. of sample point `point` (runs of run_len) of a
     view's container, checked and decoded (into `out` when given). `side`: the crop's side S,
     where a coded frame may be larger (H.264 pads an odd side by one)."""
-    if VIEW_CODECS[view][0] == "h264":
+    if codec_of(view)[0] == "h264":  # the kind is the view's; preprocessing sets only quality
         wanted = range(start, start + count)
         payloads = read_payloads(path, point * run_len, h264.payloads_needed(run_len, wanted))
         try:
